@@ -1,0 +1,52 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// MARK: - C libraries
+// Each is found through pkg-config, so a site's module system (PKG_CONFIG_PATH) works on login nodes.
+let cModules: [Target] = [
+    .systemLibrary(
+        name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
+        providers: [.apt(["libssl-dev"])]),
+]
+
+// MARK: - Libraries
+let libraries: [Target] = [
+    .target(name: "POSIXFiles"),
+    .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"]),
+    .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")]),
+    .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles"]),
+]
+
+// MARK: - Executables
+let executables: [Target] = [
+    .executableTarget(
+        name: "emflow",
+        dependencies: ["Engine", "WorkflowSpec", "Catalog", "Checksums", "POSIXFiles",
+                       .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+]
+
+// MARK: - Tests
+let tests: [Target] = [
+    .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport"),
+    .testTarget(name: "ChecksumsTests", dependencies: ["Checksums", "POSIXFiles", "TestSupport"]),
+    .testTarget(name: "WorkflowSpecTests", dependencies: ["WorkflowSpec", "TestSupport"]),
+    .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
+    .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),
+    .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
+]
+
+let package = Package(
+    name: "emflow",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "emflow", targets: ["emflow"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: cModules + libraries + executables + tests,
+    swiftLanguageModes: [.v6]
+)

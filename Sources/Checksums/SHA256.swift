@@ -1,0 +1,143 @@
+internal import CCrypto
+import POSIXFiles
+
+/// A streaming SHA-256 over OpenSSL's EVP interface. Owns its context; not shareable between threads.
+public struct SHA256Hasher: ~Copyable {
+    private let ctx: OpaquePointer
+
+    public init() {
+        guard let c = EVP_MD_CTX_new(), EVP_DigestInit_ex(c, EVP_sha256(), nil) == 1 else {
+            // Only fails when OpenSSL itself is broken or out of memory: nothing a caller can handle.
+            fatalError("OpenSSL could not initialise SHA-256")
+        }
+        ctx = c
+    }
+
+    deinit { EVP_MD_CTX_free(ctx) }
+
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        EVP_DigestUpdate(ctx, bytes.baseAddress, bytes.count)
+    }
+
+    public mutating func update(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { update($0) }
+    }
+
+    /// The digest as lowercase hex; the hasher cannot be used afterwards.
+    public consuming func finalize() -> String {
+        var out = [UInt8](repeating: 0, count: 32)
+        var len: UInt32 = 0
+        EVP_DigestFinal_ex(ctx, &out, &len)
+        return hex(out)
+    }
+
+    public static func hash(_ bytes: [UInt8]) -> String {
+        var h = SHA256Hasher()
+        h.update(bytes)
+        return h.finalize()
+    }
+
+    public static func hash(_ text: String) -> String { hash(Array(text.utf8)) }
+}
+
+public func hex(_ bytes: [UInt8]) -> String {
+    let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    var s = [UInt8](); s.reserveCapacity(bytes.count * 2)
+    for b in bytes { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 15)]) }
+    return String(decoding: s, as: UTF8.self)
+}
+
+/// A digest of a whole file, with the size that was read.
+public struct FileDigest: Sendable, Equatable {
+    public let sha256: String
+    public let size: Int64
+}
+
+public enum FileHasher {
+    /// Large sequential reads keep syscalls few: a 1 GiB file is read in 64 calls.
+    public static let maxReadSize = 16 * 1024 * 1024
+
+    static func bufferSize(for fileSize: Int64) -> Int {
+        // Small files get a small buffer: 2000 files must not cost 2000 16 MiB allocations.
+        max(64 * 1024, min(maxReadSize, Int(fileSize) + 1))
+    }
+
+    /// Streams `path` through SHA-256. `onProgress` gets the bytes read since the last call.
+    public static func sha256(path: String, onProgress: ((Int) -> Void)? = nil) throws(POSIXFileError) -> FileDigest {
+        let fd = try FileDescriptor(path: path, mode: .read)
+        fd.adviseSequential()
+        let size = try fd.status().size
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize(for: size), alignment: 4096)
+        defer { buffer.deallocate() }
+        var h = SHA256Hasher()
+        var total: Int64 = 0
+        while true {
+            let n = try fd.read(into: buffer)
+            if n == 0 { break }
+            h.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            total += Int64(n)
+            onProgress?(n)
+        }
+        return FileDigest(sha256: h.finalize(), size: total)
+    }
+
+    /// Copies `source` to a new file `destination` (which must not exist) while hashing what was read,
+    /// then re-reads the destination and checks it hashes the same: a copy is only trusted once verified.
+    /// The destination is fsynced; on any failure it is removed.
+    public static func copyVerified(from source: String, to destination: String, permissions: UInt32 = 0o444) throws(ChecksumError) -> FileDigest {
+        let digest: FileDigest
+        do {
+            let src = try FileDescriptor(path: source, mode: .read)
+            src.adviseSequential()
+            let size = try src.status().size
+            let dst = try FileDescriptor(path: destination, mode: .createExclusive(permissions: 0o600))
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize(for: size), alignment: 4096)
+            defer { buffer.deallocate() }
+            var h = SHA256Hasher()
+            var total: Int64 = 0
+            while true {
+                let n = try src.read(into: buffer)
+                if n == 0 { break }
+                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                h.update(chunk)
+                try dst.writeAll(chunk)
+                total += Int64(n)
+            }
+            try dst.sync()
+            digest = FileDigest(sha256: h.finalize(), size: total)
+        } catch {
+            _ = unlinkIgnoringErrors(destination)
+            throw .io(error)
+        }
+        do {
+            let check = try sha256(path: destination)
+            guard check == digest else {
+                _ = unlinkIgnoringErrors(destination)
+                throw ChecksumError.copyMismatch(source: source, destination: destination, expected: digest.sha256, actual: check.sha256)
+            }
+            try setPermissions(destination, permissions)
+        } catch let e as ChecksumError {
+            throw e
+        } catch let e as POSIXFileError {
+            _ = unlinkIgnoringErrors(destination)
+            throw .io(e)
+        } catch {
+            throw .io(POSIXFileError("verify", path: destination, errno: 5))
+        }
+        return digest
+    }
+}
+
+public enum ChecksumError: Error, CustomStringConvertible, Sendable {
+    case io(POSIXFileError)
+    case copyMismatch(source: String, destination: String, expected: String, actual: String)
+
+    public var description: String {
+        switch self {
+        case .io(let e): return e.description
+        case let .copyMismatch(source, destination, expected, actual):
+            return "copy of \(source) to \(destination) does not verify (sha256 \(actual), source read as \(expected)); the copy was removed — check the storage and run the same command again"
+        }
+    }
+}

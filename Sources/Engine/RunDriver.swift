@@ -1,0 +1,386 @@
+import Foundation
+import Synchronization
+import POSIXFiles
+import Checksums
+import Catalog
+import WorkflowSpec
+
+public struct RunOptions: Sendable {
+    public var jobs: Int?
+    public var dryRun = false
+    public var progress = true
+    /// Plain log lines (run started, stage summaries); the CLI prints them.
+    public var log: @Sendable (String) -> Void = { _ in }
+    public init() {}
+}
+
+/// The outcome of one `emflow run`, for printing and for `--json`.
+public struct RunSummary: Codable, Sendable {
+    public struct StageLine: Codable, Sendable {
+        public var stage: String
+        public var kind: String
+        public var total = 0, succeeded = 0, skipped = 0, failed = 0, blocked = 0
+        public var bytes: Int64 = 0
+        public var seconds = 0.0
+    }
+    public struct Failure: Codable, Sendable { public var stage: String; public var item: String; public var error: String }
+    public struct Planned: Codable, Sendable { public var stage: String; public var item: String; public var action: String; public var key: String? }
+
+    public var runID: String?
+    public var workflow: String
+    public var workspace: String
+    public var dryRun: Bool
+    public var items: Int
+    public var stages: [StageLine]
+    public var failures: [Failure]
+    public var inputProblems: [String]
+    public var plan: [Planned]?
+    public var seconds: Double
+    public var state: String
+    public var didWork: Bool { stages.contains { $0.succeeded + $0.failed > 0 } }
+}
+
+/// Drives one run of a workflow with the local executor: freezes the spec into a run directory,
+/// expands items, and runs each stage's tasks on a worker pool, skipping tasks whose key is done.
+public final class RunDriver: Sendable {
+    public let workflow: Workflow
+    public let specPath: String
+    public let specText: [UInt8]
+    public let specSHA256: String
+    public let catalog: Catalog
+
+    public var runsDirectory: String { Path.join(workflow.workspace, "runs") }
+
+    public init(specPath: String) throws(EngineError) {
+        do { workflow = try StageRegistry.parser.load(path: specPath) } catch { throw .spec(error) }
+        self.specPath = specPath
+        do { specText = try readFile(workflow.sourceFile.hasPrefix("/") ? workflow.sourceFile : Path.join(currentDirectory(), specPath)) }
+        catch { throw .io(error) }
+        specSHA256 = SHA256Hasher.hash(specText)
+        do {
+            try makeDirectories(workflow.workspace)
+            catalog = try Catalog(path: Path.join(workflow.workspace, "catalog.sqlite"))
+        } catch let e as POSIXFileError { throw .io(e) } catch let e as CatalogError { throw .catalog(e) } catch { throw .input("\(error)") }
+    }
+
+    static func now() -> Double { Date().timeIntervalSince1970 }
+
+    public static func newRunID(now: Date = Date()) -> String {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX"); f.timeZone = TimeZone(identifier: "UTC"); f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
+        return f.string(from: now) + "-" + String(UInt32.random(in: 0...UInt32.max) & 0xFFFFFF, radix: 16)
+    }
+
+    // MARK: - Run
+
+    public func run(_ options: RunOptions) throws(EngineError) -> RunSummary {
+        let started = Self.now()
+        let lock: WorkspaceLock
+        do { lock = try WorkspaceLock(workspace: workflow.workspace) } catch { throw error }
+        defer { withExtendedLifetime(lock) {} }
+
+        try collectInterruptedRuns(options)
+        let scan = try InputScanner.scan(workflow, skip: [workflow.workspace])
+        let items = scan.items
+        for p in scan.problems { options.log("input problem: \(p)") }
+
+        let done: [String: String]
+        do { done = try catalog.succeededResults() } catch { throw .catalog(error) }
+        let runID = options.dryRun ? nil : Self.newRunID()
+        let runDir = runID.map { Path.join(runsDirectory, $0) }
+        if let runID, let runDir {
+            do {
+                try makeDirectories(Path.join(runDir, "results"))
+                try AtomicFile.write(specText, to: Path.join(runDir, "spec.yaml"))
+                try catalog.insert(run: RunRecord(id: runID, workflow: workflow.name, specPath: workflow.sourceFile,
+                                                  specSHA256: specSHA256, executor: "local", startedAt: started, state: "running",
+                                                  items: items.count, emflowVersion: EmflowVersion.current))
+            } catch let e as POSIXFileError { throw .io(e) } catch let e as CatalogError { throw .catalog(e) } catch { throw .input("\(error)") }
+            options.log("run \(runID): \(workflow.name), \(items.count) item(s), \(workflow.stages.count) stage(s), workspace \(workflow.workspace)")
+        }
+
+        let progress = ProgressReporter(enabled: options.progress && !options.dryRun)
+        let ctx = TaskContext(outputRoot: workflow.outputs.root, workflow: workflow.name, specSHA256: specSHA256,
+                              context: workflow.context, reportBytes: { progress.addBytes($0) })
+        var summary = RunSummary(runID: runID, workflow: workflow.name, workspace: workflow.workspace, dryRun: options.dryRun,
+                                 items: items.count, stages: [], failures: [], inputProblems: scan.problems,
+                                 plan: options.dryRun ? [] : nil, seconds: 0, state: "running")
+
+        // The artifact each item has after each stage; absent = failed or blocked there.
+        var after: [String: [String: Artifact]] = [:]
+        var unknownAfter: [String: Set<String>] = [:]   // dry run: items whose artifact is not known yet
+        let itemsByID = Dictionary(uniqueKeysWithValues: items.map { ($0.id, $0) })
+        var interrupted = false
+
+        for stage in workflow.stages {
+            if stopRequested.load(ordering: .relaxed) { interrupted = true; break }
+            let impl = StageRegistry.all[stage.uses]!
+            let version = type(of: impl).version
+            var line = RunSummary.StageLine(stage: stage.name, kind: stage.uses)
+            let stageStart = Self.now()
+
+            // Inputs of this stage per item, from the first stage it needs (or the item's source).
+            var inputs: [(Item, Artifact)] = []
+            var blocked: [Item] = []
+            var waiting: [Item] = []
+            for item in items {
+                if let need = stage.needs.first {
+                    let missingNeed = stage.needs.first { after[$0]?[item.id] == nil }
+                    if let m = missingNeed {
+                        if unknownAfter[m]?.contains(item.id) == true { waiting.append(item) } else { blocked.append(item) }
+                        continue
+                    }
+                    inputs.append((item, after[need]![item.id]!))
+                } else {
+                    inputs.append((item, item.source))
+                }
+            }
+
+            var tasks: [TaskInput] = []
+            if impl.granularity == .perItem {
+                for (item, art) in inputs {
+                    var idInput = TaskKey.identity(of: art)
+                    if !impl.isSkippable(parameters: stage.parameters), let runID { idInput = .map(["file": idInput, "run": .string(runID)]) }
+                    let key = TaskKey.make(kind: stage.uses, version: version, parameters: stage.parameters, input: idInput)
+                    tasks.append(TaskInput(key: key, runID: runID ?? "", stage: stage.name, kind: stage.uses, itemID: item.id, item: item,
+                                           input: art, directory: nil, group: nil, parameters: stage.parameters, recordedSHA256: art.sha256))
+                }
+            } else if let readme = impl as? ReadmeStage {
+                let members = inputs.map { TaskInput.GroupMember(itemID: $0.0.id, artifact: $0.1, fields: $0.0.fields) }
+                let withFields = members.filter { m in ReadmeStage.levelFields.allSatisfy { m.fields[$0] != nil } }
+                for m in members where !withFields.contains(where: { $0.itemID == m.itemID }) {
+                    summary.failures.append(.init(stage: stage.name, item: m.itemID, error: "\(m.artifact.path): no proposal/sample/experiment for a README; give the input a layout"))
+                    line.failed += 1
+                }
+                for (dir, group) in readme.groups(withFields, outputRoot: workflow.outputs.root, parameters: stage.parameters) {
+                    let input = ParamValue.map([
+                        "directory": .string(dir),
+                        "members": .list(group.map { .map(["id": .string($0.itemID), "file": TaskKey.identity(of: $0.artifact),
+                                                           "fields": .map($0.fields.mapValues { .string($0) })]) }),
+                        "context": workflow.context, "workflow": .string(workflow.name), "spec": .string(specSHA256),
+                    ])
+                    let key = TaskKey.make(kind: stage.uses, version: version, parameters: stage.parameters, input: input)
+                    let rel = Path.relative(dir, to: workflow.outputs.root) ?? dir
+                    tasks.append(TaskInput(key: key, runID: runID ?? "", stage: stage.name, kind: stage.uses, itemID: rel, item: nil,
+                                           input: nil, directory: dir, group: group, parameters: stage.parameters, recordedSHA256: nil))
+                }
+            }
+
+            // Split into done (skip) and to-run.
+            var toRun: [TaskInput] = []
+            var skippedResults: [TaskResult] = []
+            var stageAfter: [String: Artifact] = [:]
+            var skipRecords: [TaskRecord] = []
+            for t in tasks {
+                if impl.isSkippable(parameters: stage.parameters), let json = done[t.key], let prior = decodeResult(json), outputsExist(prior) {
+                    skippedResults.append(prior)
+                    if let a = prior.artifact { stageAfter[t.itemID] = a }
+                    line.skipped += 1
+                    summary.plan?.append(.init(stage: stage.name, item: t.itemID, action: "done", key: t.key))
+                    if let runID {
+                        skipRecords.append(TaskRecord(runID: runID, key: t.key, stage: stage.name, kind: stage.uses, item: t.itemID,
+                                                      state: "skipped", tries: 0, startedAt: nil, finishedAt: nil, bytes: 0,
+                                                      error: nil, result: json))
+                    }
+                } else {
+                    toRun.append(t)
+                    summary.plan?.append(.init(stage: stage.name, item: t.itemID, action: "run", key: t.key))
+                }
+            }
+            for item in waiting { summary.plan?.append(.init(stage: stage.name, item: item.id, action: "after upstream", key: nil)) }
+            line.total = tasks.count + blocked.count + waiting.count
+            line.blocked = blocked.count
+
+            if options.dryRun {
+                if impl.granularity == .perItem {
+                    for t in toRun { unknownAfter[stage.name, default: []].insert(t.itemID) }
+                    for item in waiting { unknownAfter[stage.name, default: []].insert(item.id) }
+                } else {
+                    for (item, _) in inputs { unknownAfter[stage.name, default: []].insert(item.id) }
+                    for item in waiting { unknownAfter[stage.name, default: []].insert(item.id) }
+                }
+                after[stage.name] = stageAfter
+                summary.stages.append(line)
+                continue
+            }
+
+            let runID = runID!, runDir = runDir!
+            do {
+                try catalog.record(tasks: skipRecords)
+                try catalog.record(tasks: blocked.map { item in
+                    TaskRecord(runID: runID, key: "blocked:\(stage.name):\(item.id)", stage: stage.name, kind: stage.uses, item: item.id,
+                               state: "blocked", tries: 0, startedAt: nil, finishedAt: nil, bytes: 0,
+                               error: "not run: an earlier stage (\(stage.needs.joined(separator: ", "))) failed for this item", result: nil)
+                })
+            } catch { throw .catalog(error) }
+
+            progress.begin(stage: stage.name, total: toRun.count, skipped: line.skipped)
+            let resultsDir = Path.join(runDir, "results/\(stage.name)")
+            do { try makeDirectories(resultsDir) } catch { throw .io(error) }
+            let collected = Mutex<[TaskResult]>([])
+            let catalogErrors = Mutex<[String]>([])
+            let jobs = options.jobs ?? workflow.executor.jobs ?? processorCount
+            let catalog = self.catalog
+            WorkerPool.run(toRun, jobs: jobs) { task in
+                let result = Self.execute(task, impl: impl, retry: stage.retry, ctx: ctx)
+                do {
+                    try Self.writeResult(result, in: resultsDir)
+                    try catalog.record(task: result.taskRecord(), objects: result.objectRecords(), outputs: result.outputRecords())
+                } catch {
+                    catalogErrors.withLock { $0.append("\(error)") }
+                }
+                collected.withLock { $0.append(result) }
+                progress.taskEnded(failed: result.state == .failed)
+            }
+            progress.end()
+            if let e = catalogErrors.withLock({ $0.first }) { throw .input("recording results failed: \(e)") }
+            let ran = collected.withLock { $0 }
+            for r in ran {
+                line.bytes += r.bytes
+                if r.state == .succeeded {
+                    line.succeeded += 1
+                    if let a = r.artifact { stageAfter[r.itemID] = a }
+                } else {
+                    line.failed += 1
+                    summary.failures.append(.init(stage: stage.name, item: r.itemID, error: r.error ?? "failed"))
+                }
+            }
+            if impl.granularity == .perDirectory {
+                // A per-directory stage passes its items' artifacts through unchanged.
+                for (item, art) in inputs { stageAfter[item.id] = art }
+            }
+            if ran.count < toRun.count { interrupted = true }
+            // Stage-wide outputs (manifests), from everything that succeeded, skipped tasks included.
+            if !interrupted {
+                do {
+                    let outs = try impl.finish(stage: stage, results: ran + skippedResults, catalog: catalog, ctx: ctx)
+                    try catalog.record(outputs: outs.map {
+                        OutputRecord(uri: $0.path, sha256: $0.sha256, size: $0.size, taskKey: "finish:\(stage.name)", runID: runID,
+                                     stage: stage.name, kind: stage.uses, createdAt: Self.now())
+                    })
+                } catch let e as StageError {
+                    summary.failures.append(.init(stage: stage.name, item: "(stage manifest)", error: e.message))
+                    line.failed += 1
+                } catch {
+                    throw .input("\(error)")
+                }
+            }
+            after[stage.name] = stageAfter
+            line.seconds = Self.now() - stageStart
+            summary.stages.append(line)
+            options.log("stage \(stage.name): \(line.succeeded) done, \(line.skipped) already done, \(line.failed) failed" +
+                        (line.blocked > 0 ? ", \(line.blocked) not run (upstream failed)" : "") +
+                        (line.bytes > 0 ? ", \(formatBytes(line.bytes)) in \(ProgressReporter.duration(line.seconds))" : ""))
+            if interrupted { break }
+        }
+
+        summary.seconds = Self.now() - started
+        let failed = summary.stages.contains { $0.failed + $0.blocked > 0 } || !scan.problems.isEmpty
+        summary.state = interrupted ? "interrupted" : (failed ? "failed" : "succeeded")
+        if let runID {
+            do { try catalog.finish(runID: runID, state: summary.state, at: Self.now()) } catch { throw .catalog(error) }
+            if let data = try? JSONEncoder.sorted.encode(summary) {
+                try? AtomicFile.write(Array(data), to: Path.join(runDir!, "summary.json"), durable: false)
+            }
+            if interrupted { throw .interrupted(runID: runID) }
+        }
+        return summary
+    }
+
+    /// Runs one task with its retry policy; never throws: failures become failed results.
+    static func execute(_ task: TaskInput, impl: any Stage, retry: RetryPolicy, ctx: TaskContext) -> TaskResult {
+        let start = now()
+        var attempt = 1
+        while true {
+            do {
+                let p = try impl.run(task, ctx)
+                return TaskResult(key: task.key, runID: task.runID, stage: task.stage, kind: task.kind, itemID: task.itemID,
+                                  state: .succeeded, tries: attempt, startedAt: start, finishedAt: now(), bytes: p.bytes, error: nil,
+                                  artifact: p.artifact, objects: p.objects, outputs: p.outputs, notes: p.notes)
+            } catch {
+                if error.retryable && attempt < retry.tries && !stopRequested.load(ordering: .relaxed) {
+                    attempt += 1
+                    // Jitter keeps many tasks that failed together from retrying in lockstep.
+                    let d = retry.delay(beforeAttempt: attempt) * Double.random(in: 0.8...1.2)
+                    if d > 0 { Thread.sleep(forTimeInterval: d) }
+                    continue
+                }
+                let msg = attempt > 1 ? "\(error.message) (after \(attempt) tries)" : error.message
+                return TaskResult(key: task.key, runID: task.runID, stage: task.stage, kind: task.kind, itemID: task.itemID,
+                                  state: .failed, tries: attempt, startedAt: start, finishedAt: now(), bytes: 0, error: msg,
+                                  artifact: nil, objects: [], outputs: [], notes: [])
+            }
+        }
+    }
+
+    static func resultFileName(_ key: String) -> String { key + ".json" }
+
+    /// Result files are bookkeeping: atomic (a killed process never leaves a partial one) but not
+    /// fsynced — losing one to a power cut only means the task runs again.
+    static func writeResult(_ r: TaskResult, in dir: String) throws {
+        let data = try JSONEncoder.sorted.encode(r)
+        try AtomicFile.write(Array(data), to: Path.join(dir, resultFileName(r.key)), durable: false)
+    }
+
+    func decodeResult(_ json: String) -> TaskResult? { try? JSONDecoder().decode(TaskResult.self, from: Data(json.utf8)) }
+
+    /// A done task counts only while what it produced is still there, unchanged in size.
+    func outputsExist(_ r: TaskResult) -> Bool {
+        if let a = r.artifact {
+            guard let st = try? FileStatus.ifExists(path: a.path), st.size == a.size, st.mtimeNanoseconds == a.mtimeNanoseconds else { return false }
+        }
+        for o in r.outputs {
+            guard let st = try? FileStatus.ifExists(path: o.path), st.size == o.size else { return false }
+        }
+        return true
+    }
+
+    /// Ingests result files that killed runs left behind, and marks those runs interrupted.
+    func collectInterruptedRuns(_ options: RunOptions) throws(EngineError) {
+        let runs: [RunRecord]
+        do { runs = try catalog.unfinishedRuns() } catch { throw .catalog(error) }
+        for run in runs {
+            let dir = Path.join(Path.join(runsDirectory, run.id), "results")
+            var ingested = 0
+            for stageDir in (try? listDirectory(dir)) ?? [] {
+                let sd = Path.join(dir, stageDir.name)
+                AtomicFile.removeStaleTemporaries(in: sd)
+                for f in (try? listDirectory(sd)) ?? [] where f.name.hasSuffix(".json") {
+                    guard let bytes = try? readFile(Path.join(sd, f.name)),
+                          let r = try? JSONDecoder().decode(TaskResult.self, from: Data(bytes)) else { continue }
+                    do {
+                        if try catalog.hasTask(runID: run.id, key: r.key) { continue }
+                        try catalog.record(task: r.taskRecord(), objects: r.objectRecords(), outputs: r.outputRecords())
+                        ingested += 1
+                    } catch { throw .catalog(error) }
+                }
+            }
+            do { try catalog.finish(runID: run.id, state: "interrupted", at: Self.now()) } catch { throw .catalog(error) }
+            options.log("run \(run.id) was interrupted; collected \(ingested) finished task(s) from its run directory")
+        }
+    }
+}
+
+extension TaskResult {
+    func taskRecord() -> TaskRecord {
+        let json = (try? JSONEncoder.sorted.encode(self)).map { String(decoding: $0, as: UTF8.self) }
+        return TaskRecord(runID: runID, key: key, stage: stage, kind: kind, item: itemID, state: state.rawValue, tries: tries,
+                          startedAt: startedAt, finishedAt: finishedAt, bytes: bytes, error: error, result: json)
+    }
+
+    func objectRecords() -> [ObjectRecord] {
+        objects.map {
+            ObjectRecord(uri: $0.path, size: $0.size, mtimeNanoseconds: $0.mtimeNanoseconds, sha256: $0.sha256,
+                         proposal: $0.fields["proposal"], sample: $0.fields["sample"], experiment: $0.fields["experiment"],
+                         file: $0.fields["file"], sourceURI: $0.sourceURI, runID: runID, updatedAt: finishedAt)
+        }
+    }
+
+    func outputRecords() -> [OutputRecord] {
+        outputs.map { OutputRecord(uri: $0.path, sha256: $0.sha256, size: $0.size, taskKey: key, runID: runID, stage: stage, kind: kind, createdAt: finishedAt) }
+    }
+}
+
+extension JSONEncoder {
+    static var sorted: JSONEncoder { let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]; return e }
+}

@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An error from a system call, with the path it concerned and what a user can do about it.
+public struct POSIXFileError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let path: String
+    public let errno: Int32
+
+    public init(_ operation: String, path: String, errno: Int32) {
+        self.operation = operation
+        self.path = path
+        self.errno = errno
+    }
+
+    public var reason: String { String(cString: strerror(errno)) }
+
+    /// What to do about it, where the errno says something a user can act on.
+    public var hint: String? {
+        switch errno {
+        case EACCES, EPERM: return "check the permissions of \(path) and its directory"
+        case ENOSPC, EDQUOT: return "free space (or raise the quota) on the file system of \(path), then run the same command again"
+        case ENOENT: return "check that \(path) exists"
+        case EROFS: return "\(path) is on a read-only file system; choose a writable output root"
+        case EISDIR: return "\(path) is a directory where a file was expected"
+        case EMFILE, ENFILE: return "too many open files; lower --jobs or raise `ulimit -n`"
+        default: return nil
+        }
+    }
+
+    /// Errors that may go away on their own (a later try can succeed).
+    public var isTransient: Bool {
+        errno == EINTR || errno == EAGAIN || errno == EIO || errno == ETIMEDOUT || errno == ESTALE || errno == EBUSY
+    }
+
+    public var description: String {
+        var s = "\(operation) \(path): \(reason)"
+        if let hint { s += " (\(hint))" }
+        return s
+    }
+}
+
+/// Calls a system call until it is not interrupted by a signal.
+@inline(__always)
+func retryingEINTR<T: BinaryInteger>(_ body: () -> T) -> T {
+    while true {
+        let r = body()
+        if r == -1 && errno == EINTR { continue }
+        return r
+    }
+}
+
+/// The one owner of an open file descriptor; it is closed exactly once, when the value goes away.
+public struct FileDescriptor: ~Copyable {
+    public let rawValue: Int32
+    public let path: String
+
+    public enum Mode: Sendable { case read, createExclusive(permissions: mode_t), writeExisting }
+
+    public init(path: String, mode: Mode) throws(POSIXFileError) {
+        let fd: Int32
+        switch mode {
+        case .read:
+            fd = retryingEINTR { open(path, O_RDONLY | O_CLOEXEC) }
+        case .createExclusive(let perms):
+            fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, perms) }
+        case .writeExisting:
+            fd = retryingEINTR { open(path, O_WRONLY | O_CLOEXEC) }
+        }
+        guard fd >= 0 else { throw POSIXFileError("open", path: path, errno: errno) }
+        self.rawValue = fd
+        self.path = path
+    }
+
+    deinit { _ = close(rawValue) }
+
+    /// Reads up to `count` bytes into `buffer`; 0 means end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(POSIXFileError) -> Int {
+        let n = retryingEINTR { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
+        guard n >= 0 else { throw POSIXFileError("read", path: path, errno: errno) }
+        return n
+    }
+
+    /// Writes all of `bytes`, looping over short writes.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws(POSIXFileError) {
+        var done = 0
+        while done < bytes.count {
+            let n = retryingEINTR { write(rawValue, bytes.baseAddress! + done, bytes.count - done) }
+            guard n > 0 else { throw POSIXFileError("write", path: path, errno: n == 0 ? EIO : errno) }
+            done += n
+        }
+    }
+
+    public func writeAll(_ bytes: [UInt8]) throws(POSIXFileError) {
+        try bytes.withUnsafeBytes { b in Result { () throws(POSIXFileError) in try writeAll(b) } }.get()
+    }
+
+    public func sync() throws(POSIXFileError) {
+        guard retryingEINTR({ fsync(rawValue) }) == 0 else { throw POSIXFileError("fsync", path: path, errno: errno) }
+    }
+
+    /// Tells the kernel the file is read once, front to back (larger read-ahead).
+    public func adviseSequential() {
+        _ = posix_fadvise(rawValue, 0, 0, POSIX_FADV_SEQUENTIAL)
+    }
+
+    public func status() throws(POSIXFileError) -> FileStatus {
+        var st = stat()
+        guard fstat(rawValue, &st) == 0 else { throw POSIXFileError("stat", path: path, errno: errno) }
+        return FileStatus(st)
+    }
+}
+
+/// The parts of `stat` a task key and the catalog use.
+public struct FileStatus: Sendable, Equatable {
+    public let size: Int64
+    /// Modification time in nanoseconds since the epoch.
+    public let mtimeNanoseconds: Int64
+    public let isDirectory: Bool
+    public let isRegularFile: Bool
+    public let device: UInt64
+    public let inode: UInt64
+    public let mode: UInt32
+
+    init(_ st: stat) {
+        size = Int64(st.st_size)
+        mtimeNanoseconds = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+        isRegularFile = (st.st_mode & S_IFMT) == S_IFREG
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+        mode = UInt32(st.st_mode & 0o7777)
+    }
+
+    public static func of(path: String, followLinks: Bool = true) throws(POSIXFileError) -> FileStatus {
+        var st = stat()
+        let r = followLinks ? stat(path, &st) : lstat(path, &st)
+        guard r == 0 else { throw POSIXFileError("stat", path: path, errno: errno) }
+        return FileStatus(st)
+    }
+
+    /// nil when the path does not exist.
+    public static func ifExists(path: String) throws(POSIXFileError) -> FileStatus? {
+        var st = stat()
+        if stat(path, &st) == 0 { return FileStatus(st) }
+        if errno == ENOENT || errno == ENOTDIR { return nil }
+        throw POSIXFileError("stat", path: path, errno: errno)
+    }
+}

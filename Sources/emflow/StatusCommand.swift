@@ -1,0 +1,210 @@
+import ArgumentParser
+import Foundation
+import Engine
+import Catalog
+import Checksums
+import POSIXFiles
+
+/// Where the catalog is: --workspace, else the spec's workspace, else $EMFLOW_WORKSPACE.
+struct WorkspaceOptions: ParsableArguments {
+    @Option(help: "The workspace directory (holds catalog.sqlite and runs/).") var workspace: String?
+    @Option(help: "A workflow spec whose workspace to use.") var spec: String?
+
+    func resolve() throws -> String {
+        if let workspace { return workspace }
+        if let spec {
+            do { return try StageRegistry.parser.load(path: spec).workspace } catch { throw EngineError.spec(error) }
+        }
+        if let env = environment("EMFLOW_WORKSPACE") { return env }
+        throw EngineError.usage("no workspace given: use --spec SPEC, --workspace DIR or set EMFLOW_WORKSPACE")
+    }
+
+    func catalog() throws -> Catalog {
+        let ws = try resolve()
+        do { return try Catalog.openExisting(path: Path.join(ws, "catalog.sqlite")) } catch { throw EngineError.catalog(error) }
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show runs, or one run's per-stage counts and failures.")
+
+    @Argument(help: "A run id (default: the latest run).") var runID: String?
+    @OptionGroup var where_: WorkspaceOptions
+    @Flag(help: "List all runs instead of one run's detail.") var all = false
+    @Flag(help: "List the failed tasks with their errors.") var failed = false
+    @Flag(help: "Print as JSON.") var json = false
+
+    struct RunDetail: Encodable {
+        var run: RunRecord
+        var stages: [Catalog.StageCounts]
+        var failures: [Failure]?
+        struct Failure: Encodable { var stage: String; var item: String; var state: String; var tries: Int; var error: String? }
+    }
+
+    func run() throws {
+        try failing {
+            let catalog = try where_.catalog()
+            let runs = try catalog.runs()
+            if all {
+                if json { try printJSON(runs); return }
+                for r in runs {
+                    print("\(r.id)  \(r.state.padding(toLength: 11, withPad: " ", startingAt: 0))  \(r.workflow)  \(r.items) item(s)  started \(Self.time(r.startedAt))")
+                }
+                if runs.isEmpty { print("no runs yet") }
+                return
+            }
+            guard let record = runID.map({ id in runs.first { $0.id == id || $0.id.hasPrefix(id) } }) ?? runs.first else {
+                if let run = runID {
+                    throw EngineError.usage("no run '\(run)' in this workspace; runs: \(runs.prefix(10).map(\.id).joined(separator: ", "))\(runs.isEmpty ? "(none)" : "")")
+                }
+                throw EngineError.usage("no runs in this workspace yet")
+            }
+            let stages = try catalog.stageCounts(runID: record.id)
+            var failures: [RunDetail.Failure]? = nil
+            if failed || !json {
+                let f = try catalog.tasks(runID: record.id).filter { $0.state == "failed" || $0.state == "blocked" }
+                failures = f.map { .init(stage: $0.stage, item: $0.item, state: $0.state, tries: $0.tries, error: $0.error) }
+            }
+            if json { try printJSON(RunDetail(run: record, stages: stages, failures: failed ? failures : nil)); return }
+            print("run \(record.id): \(record.workflow), \(record.state), \(record.items) item(s), started \(Self.time(record.startedAt))" +
+                  (record.finishedAt.map { ", took \(ProgressReporter.duration($0 - record.startedAt))" } ?? ""))
+            for s in stages {
+                let order = ["succeeded", "skipped", "failed", "blocked"]
+                let parts = order.compactMap { k in s.counts[k].map { "\($0) \(k == "skipped" ? "already done" : k)" } }
+                print("  \(s.stage): " + parts.joined(separator: ", ") + (s.bytes > 0 ? ", \(formatBytes(s.bytes))" : ""))
+            }
+            let shown = failed ? (failures ?? []) : Array((failures ?? []).prefix(10))
+            for f in shown { print("  \(f.state.uppercased()) \(f.stage) \(f.item) (tries \(f.tries)): \(f.error ?? "")") }
+            if !failed, let n = failures?.count, n > 10 { print("  … \(n - 10) more (--failed lists all)") }
+        }
+    }
+
+    static func time(_ t: Double) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        f.timeZone = TimeZone.current
+        return f.string(from: Date(timeIntervalSince1970: t))
+    }
+}
+
+struct CatalogCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "catalog", abstract: "Query the catalog of managed files and outputs.",
+        subcommands: [List.self, Show.self, Find.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List managed files (objects) and outputs.")
+        @OptionGroup var where_: WorkspaceOptions
+        @Option(help: "Only paths starting with this.") var prefix: String?
+        @Option(help: "Only this proposal.") var proposal: String?
+        @Flag(help: "List outputs (README, SHA256SUMS, converted files) instead of managed files.") var outputs = false
+        @Option(help: "At most this many rows.") var limit: Int?
+        @Flag(help: "Print as JSON.") var json = false
+
+        func run() throws {
+            try failing {
+                let c = try where_.catalog()
+                if outputs {
+                    var rows = try c.outputs(prefix: prefix)
+                    if let limit { rows = Array(rows.prefix(limit)) }
+                    if json { try printJSON(rows); return }
+                    for o in rows { print("\(o.sha256)  \(String(o.size).padding(toLength: 12, withPad: " ", startingAt: 0)) \(o.stage)  \(o.uri)") }
+                    return
+                }
+                let rows = try c.objects(prefix: prefix, proposal: proposal, limit: limit)
+                if json { try printJSON(rows); return }
+                for o in rows {
+                    print("\(o.sha256 ?? String(repeating: "-", count: 64))  \(String(o.size).padding(toLength: 12, withPad: " ", startingAt: 0)) \(o.uri)")
+                }
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Everything the catalog knows about one file.")
+        @OptionGroup var where_: WorkspaceOptions
+        @Argument(help: "The file's path (as listed by `catalog ls`).") var uri: String
+        @Flag(help: "Print as JSON.") var json = false
+
+        struct Shown: Encodable { var object: ObjectRecord?; var output: OutputRecord? }
+
+        func run() throws {
+            try failing {
+                let c = try where_.catalog()
+                let path = uri.hasPrefix("/") ? uri : Path.resolve(uri, against: currentDirectory())
+                let o = try c.object(uri: path), out = try c.output(uri: path)
+                guard o != nil || out != nil else { throw EngineError.usage("\(path) is not in the catalog; list what is with: emflow catalog ls") }
+                if json { try printJSON(Shown(object: o, output: out)); return }
+                if let o {
+                    print("managed file \(o.uri)")
+                    print("  size      \(o.size)")
+                    print("  sha256    \(o.sha256 ?? "not computed")")
+                    for (k, v) in [("proposal", o.proposal), ("sample", o.sample), ("experiment", o.experiment), ("file", o.file), ("source", o.sourceURI)] {
+                        if let v { print("  \(k.padding(toLength: 9, withPad: " ", startingAt: 0)) \(v)") }
+                    }
+                    print("  run       \(o.runID)")
+                }
+                if let out {
+                    print("output \(out.uri)")
+                    print("  size      \(out.size)\n  sha256    \(out.sha256)\n  stage     \(out.stage) (\(out.kind))\n  run       \(out.runID)\n  task      \(out.taskKey)")
+                }
+            }
+        }
+    }
+
+    struct Find: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "find", abstract: "Find files by content.")
+        @OptionGroup var where_: WorkspaceOptions
+        @Option(help: "A SHA-256 (64 hex digits).") var sha256: String
+        @Flag(help: "Print as JSON.") var json = false
+
+        func validate() throws {
+            guard sha256.count == 64, sha256.allSatisfy(\.isHexDigit) else { throw ValidationError("--sha256 takes 64 hex digits") }
+        }
+
+        struct Found: Encodable { var objects: [ObjectRecord]; var outputs: [OutputRecord] }
+
+        func run() throws {
+            try failing {
+                let r = try where_.catalog().find(sha256: sha256)
+                if json { try printJSON(Found(objects: r.objects, outputs: r.outputs)); return }
+                for o in r.objects { print("managed  \(o.uri)") }
+                for o in r.outputs { print("output   \(o.uri)") }
+                if r.objects.isEmpty && r.outputs.isEmpty { printError("no file with sha256 \(sha256) in the catalog"); throw ExitCode(Exit.itemsFailed) }
+            }
+        }
+    }
+}
+
+struct ChecksumCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checksum", abstract: "SHA-256 of files, printed as sha256sum does (no catalog involved).")
+    @Argument(help: "Files to hash.") var files: [String]
+    @Option(name: .shortAndLong, help: "Files hashed at a time (default: one per core).") var jobs: Int?
+
+    func run() throws {
+        let results = ResultsBox(count: files.count)
+        let files = self.files
+        WorkerPool.run(Array(files.indices), jobs: jobs ?? processorCount) { i in
+            results.set(i, Result { () throws(POSIXFileError) in try FileHasher.sha256(path: files[i]).sha256 })
+        }
+        var failed = false
+        for (i, r) in results.all().enumerated() {
+            switch r {
+            case .success(let h): print("\(h)  \(files[i])")
+            case .failure(let e): printError("emflow checksum: \(e)"); failed = true
+            case nil: failed = true
+            }
+        }
+        if failed { throw ExitCode(Exit.itemsFailed) }
+    }
+}
+
+import Synchronization
+final class ResultsBox: Sendable {
+    let values: Mutex<[Result<String, POSIXFileError>?]>
+    init(count: Int) { values = Mutex(Array(repeating: nil, count: count)) }
+    func set(_ i: Int, _ r: Result<String, POSIXFileError>) { values.withLock { $0[i] = r } }
+    func all() -> [Result<String, POSIXFileError>?] { values.withLock { $0 } }
+}
