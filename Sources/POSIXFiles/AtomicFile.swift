@@ -9,12 +9,29 @@ import Glibc
 public enum AtomicFile {
     public static let temporaryPrefix = ".emflow-tmp-"
 
-    /// A temporary path next to `finalPath`, unique to this process and call.
+    /// This host's name, as it appears in temporary names (so cleanup never touches a temporary that
+    /// a process on another node of a shared file system is still writing).
+    public static let hostName: String = {
+        var buf = [CChar](repeating: 0, count: 256)
+        gethostname(&buf, buf.count)
+        let h = String(String(cString: buf).map { $0 == "-" ? "_" : $0 })
+        return h.isEmpty ? "host" : h
+    }()
+
+    /// A temporary path next to `finalPath`, unique to this host, process and call.
     public static func temporaryPath(for finalPath: String) -> String {
         let dir = Path.directory(of: finalPath)
         let base = Path.lastComponent(of: finalPath)
         let suffix = String(UInt64.random(in: 0...UInt64.max), radix: 36)
-        return Path.join(dir, "\(temporaryPrefix)\(getpid())-\(suffix)-\(base)")
+        return Path.join(dir, "\(temporaryPrefix)\(hostName)-\(getpid())-\(suffix)-\(base)")
+    }
+
+    /// Whether a temporary was left by a process of this host that no longer runs.
+    static func isStale(_ name: String) -> Bool {
+        let parts = name.dropFirst(temporaryPrefix.count).split(separator: "-", maxSplits: 3)
+        guard parts.count == 4, String(parts[0]) == hostName, let pid = Int32(parts[1]) else { return false }
+        if pid == getpid() { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
     }
 
     /// Writes `bytes` to `finalPath` atomically. `durable: false` skips the fsyncs: for small
@@ -57,7 +74,7 @@ public enum AtomicFile {
         }
     }
 
-    /// Removes temporaries left by killed processes in `dir` (not recursive). Returns how many.
+    /// Removes temporaries left by killed processes of this host in `dir` (not recursive). Returns how many.
     @discardableResult
     public static func removeStaleTemporaries(in dir: String) -> Int {
         guard let d = opendir(dir) else { return 0 }
@@ -65,7 +82,7 @@ public enum AtomicFile {
         var removed = 0
         while let e = readdir(d) {
             let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if name.hasPrefix(temporaryPrefix), unlink(Path.join(dir, name)) == 0 { removed += 1 }
+            if name.hasPrefix(temporaryPrefix), isStale(name), unlink(Path.join(dir, name)) == 0 { removed += 1 }
         }
         return removed
     }

@@ -1,0 +1,70 @@
+import XCTest
+import Checksums
+import POSIXFiles
+import TestSupport
+
+final class ChecksumsTests: XCTestCase {
+    func testSHA256MatchesPublishedVectors() {
+        XCTAssertEqual(SHA256Hasher.hash(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(SHA256Hasher.hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(SHA256Hasher.hash("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+                       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+
+    func testFileHashingAcrossBufferBoundariesEqualsOneShot() throws {
+        let t = TempDir(); defer { t.cleanup() }
+        // Larger than one read, not a multiple of it, so the last short read is exercised.
+        var bytes = [UInt8](repeating: 0, count: FileHasher.maxReadSize + 12345)
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
+        let p = t.write("big.bin", bytes)
+        var seen = 0
+        let d = try FileHasher.sha256(path: p) { seen += $0 }
+        XCTAssertEqual(d.size, Int64(bytes.count))
+        XCTAssertEqual(seen, bytes.count)
+        XCTAssertEqual(d.sha256, SHA256Hasher.hash(bytes))
+        let sys = try ProcessRunner.run("/usr/bin/sha256sum", [p])
+        XCTAssertEqual(String(sys.stdout.prefix(64)), d.sha256)
+    }
+
+    func testMissingFileErrorNamesThePathAndAHint() {
+        XCTAssertThrowsError(try FileHasher.sha256(path: "/nonexistent/x.tif")) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("/nonexistent/x.tif"), s)
+            XCTAssertTrue(s.contains("exists"), s)
+        }
+    }
+
+    func testVerifiedCopyIsReadOnlyAndIdentical() throws {
+        let t = TempDir(); defer { t.cleanup() }
+        let src = t.write("a.bin", Array("hello microscope".utf8))
+        let d = try FileHasher.copyVerified(from: src, to: t.file("b.bin"))
+        XCTAssertEqual(d.sha256, SHA256Hasher.hash("hello microscope"))
+        XCTAssertEqual(t.read("b.bin"), "hello microscope")
+        XCTAssertEqual(try FileStatus.of(path: t.file("b.bin")).mode & 0o222, 0)
+        // The destination must not exist: a copy never replaces a file.
+        XCTAssertThrowsError(try FileHasher.copyVerified(from: src, to: t.file("b.bin")))
+    }
+
+    func testAtomicWriteLeavesNoTemporaryAndReplacesWhole() throws {
+        let t = TempDir(); defer { t.cleanup() }
+        try AtomicFile.write("one", to: t.file("f.txt"))
+        try AtomicFile.write("two two", to: t.file("f.txt"))
+        XCTAssertEqual(t.read("f.txt"), "two two")
+        XCTAssertEqual(try listDirectory(t.path).map(\.name), ["f.txt"])
+        // A temporary of a dead process on this host is removed; one of a live process (ours) is not.
+        t.write(AtomicFile.temporaryPrefix + "\(AtomicFile.hostName)-999999999-x-f.txt", "partial")
+        let mine = AtomicFile.temporaryPath(for: t.file("g.txt"))
+        FileManager.default.createFile(atPath: mine, contents: Data("writing".utf8))
+        t.write(AtomicFile.temporaryPrefix + "otherhost-1-x-f.txt", "another node's")
+        XCTAssertEqual(AtomicFile.removeStaleTemporaries(in: t.path), 1)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: mine))
+        XCTAssertTrue(t.exists(AtomicFile.temporaryPrefix + "otherhost-1-x-f.txt"))
+    }
+
+    func testPathNormalization() {
+        XCTAssertEqual(Path.normalize("/a/./b//c/../d"), "/a/b/d")
+        XCTAssertEqual(Path.normalize("/../a"), "/a")
+        XCTAssertEqual(Path.relative("/r/a/b", to: "/r"), "a/b")
+        XCTAssertNil(Path.relative("/ra/b", to: "/r"))
+    }
+}

@@ -1,0 +1,89 @@
+import Foundation
+
+/// A fresh directory under the system temp dir, removed by `cleanup()`.
+public final class TempDir: @unchecked Sendable {
+    // @unchecked: immutable after init; only `path` is read.
+    public let path: String
+    public init(_ name: String = "emflow-test") {
+        let p = NSTemporaryDirectory() + "\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try! FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+        path = p
+    }
+    public func file(_ rel: String) -> String { path + "/" + rel }
+
+    @discardableResult
+    public func write(_ rel: String, _ text: String) -> String { write(rel, Array(text.utf8)) }
+
+    @discardableResult
+    public func write(_ rel: String, _ bytes: [UInt8]) -> String {
+        let p = file(rel)
+        try! FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: p, contents: Data(bytes))
+        return p
+    }
+
+    public func read(_ rel: String) -> String? {
+        FileManager.default.contents(atPath: rel.hasPrefix("/") ? rel : file(rel)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    public func exists(_ rel: String) -> Bool { FileManager.default.fileExists(atPath: rel.hasPrefix("/") ? rel : file(rel)) }
+
+    public func cleanup() {
+        // Raw files are made read-only; make everything writable again so removal works for non-root.
+        _ = try? ProcessRunner.run("/bin/chmod", ["-R", "u+rwX", path])
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+public struct ProcessOutput: Sendable {
+    public let status: Int32
+    public let stdout: String
+    public let stderr: String
+    public var combined: String { stdout + stderr }
+}
+
+public enum ProcessRunner {
+    @discardableResult
+    public static func run(_ exe: String, _ args: [String], environment: [String: String]? = nil, cwd: String? = nil) throws -> ProcessOutput {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        try p.run()
+        // Read both pipes concurrently so a chatty child never blocks on a full pipe.
+        let group = DispatchGroup()
+        nonisolated(unsafe) var o = Data(), e = Data()
+        group.enter(); DispatchQueue.global().async { o = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        group.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        p.waitUntilExit()
+        group.wait()
+        return ProcessOutput(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    public static func shell(_ script: String, environment: [String: String]? = nil) throws -> ProcessOutput {
+        try run("/bin/bash", ["-c", script], environment: environment)
+    }
+}
+
+/// Where the built tools are: next to the test bundle (SwiftPM builds products into the same folder).
+public enum Tools {
+    public static var buildDirectory: String {
+        if let d = ProcessInfo.processInfo.environment["EMFLOW_BUILD_DIR"] { return d }
+        var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        while url.path != "/" && !url.lastPathComponent.hasSuffix(".xctest") { url.deleteLastPathComponent() }
+        if url.path != "/" { return url.deletingLastPathComponent().path }
+        return packageRoot + "/.build/debug"
+    }
+
+    public static var emflow: String { buildDirectory + "/emflow" }
+
+    /// The package root, from this file's location.
+    public static var packageRoot: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    }
+
+    public static var isRoot: Bool { getuid() == 0 }
+}
