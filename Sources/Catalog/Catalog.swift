@@ -122,6 +122,18 @@ public final class Catalog: Sendable {
         }
     }
 
+    /// Many task outcomes in one transaction (one fsync instead of hundreds).
+    public func record(batch: [(task: TaskRecord, objects: [ObjectRecord], outputs: [OutputRecord])]) throws(CatalogError) {
+        guard !batch.isEmpty else { return }
+        try write { db in
+            for b in batch {
+                try b.task.save(db)
+                for o in b.objects { try Catalog.upsert(o, db) }
+                for o in b.outputs { try o.save(db) }
+            }
+        }
+    }
+
     public func record(outputs: [OutputRecord]) throws(CatalogError) {
         guard !outputs.isEmpty else { return }
         try write { db in for o in outputs { try o.save(db) } }

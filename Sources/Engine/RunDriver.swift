@@ -109,7 +109,6 @@ public final class RunDriver: Sendable {
         // The artifact each item has after each stage; absent = failed or blocked there.
         var after: [String: [String: Artifact]] = [:]
         var unknownAfter: [String: Set<String>] = [:]   // dry run: items whose artifact is not known yet
-        let itemsByID = Dictionary(uniqueKeysWithValues: items.map { ($0.id, $0) })
         var interrupted = false
 
         for stage in workflow.stages {
@@ -224,22 +223,24 @@ public final class RunDriver: Sendable {
             let resultsDir = Path.join(runDir, "results/\(stage.name)")
             do { try makeDirectories(resultsDir) } catch { throw .io(error) }
             let collected = Mutex<[TaskResult]>([])
-            let catalogErrors = Mutex<[String]>([])
+            let sink = ResultSink(catalog: catalog)
             let jobs = options.jobs ?? workflow.executor.jobs ?? processorCount
-            let catalog = self.catalog
-            WorkerPool.run(toRun, jobs: jobs) { task in
+            let log = ResultLog(directory: resultsDir, workers: jobs)
+            WorkerPool.run(toRun, jobs: jobs) { worker, task in
                 let result = Self.execute(task, impl: impl, retry: stage.retry, ctx: ctx)
                 do {
-                    try Self.writeResult(result, in: resultsDir)
-                    try catalog.record(task: result.taskRecord(), objects: result.objectRecords(), outputs: result.outputRecords())
+                    // The result log first: once the line is written the outcome survives a kill of this process.
+                    try log.append(result, worker: worker)
+                    sink.add(result)
                 } catch {
-                    catalogErrors.withLock { $0.append("\(error)") }
+                    sink.fail("cannot write the result of \(task.itemID) in \(resultsDir): \(error)")
                 }
                 collected.withLock { $0.append(result) }
                 progress.taskEnded(failed: result.state == .failed)
             }
+            sink.flush()
             progress.end()
-            if let e = catalogErrors.withLock({ $0.first }) { throw .input("recording results failed: \(e)") }
+            if let e = sink.firstError { throw .input("recording results failed: \(e)") }
             let ran = collected.withLock { $0 }
             for r in ran {
                 line.bytes += r.bytes
@@ -319,14 +320,6 @@ public final class RunDriver: Sendable {
         }
     }
 
-    static func resultFileName(_ key: String) -> String { key + ".json" }
-
-    /// Result files are bookkeeping: atomic (a killed process never leaves a partial one) but not
-    /// fsynced — losing one to a power cut only means the task runs again.
-    static func writeResult(_ r: TaskResult, in dir: String) throws {
-        let data = try JSONEncoder.sorted.encode(r)
-        try AtomicFile.write(Array(data), to: Path.join(dir, resultFileName(r.key)), durable: false)
-    }
 
     func decodeResult(_ json: String) -> TaskResult? { try? JSONDecoder().decode(TaskResult.self, from: Data(json.utf8)) }
 
@@ -351,18 +344,50 @@ public final class RunDriver: Sendable {
             for stageDir in (try? listDirectory(dir)) ?? [] {
                 let sd = Path.join(dir, stageDir.name)
                 AtomicFile.removeStaleTemporaries(in: sd)
-                for f in (try? listDirectory(sd)) ?? [] where f.name.hasSuffix(".json") {
-                    guard let bytes = try? readFile(Path.join(sd, f.name)),
-                          let r = try? JSONDecoder().decode(TaskResult.self, from: Data(bytes)) else { continue }
-                    do {
-                        if try catalog.hasTask(runID: run.id, key: r.key) { continue }
-                        try catalog.record(task: r.taskRecord(), objects: r.objectRecords(), outputs: r.outputRecords())
-                        ingested += 1
-                    } catch { throw .catalog(error) }
+                for f in (try? listDirectory(sd)) ?? [] {
+                    for r in ResultLog.read(Path.join(sd, f.name)) {
+                        do {
+                            if try catalog.hasTask(runID: run.id, key: r.key) { continue }
+                            try catalog.record(task: r.taskRecord(), objects: r.objectRecords(), outputs: r.outputRecords())
+                            ingested += 1
+                        } catch { throw .catalog(error) }
+                    }
                 }
             }
             do { try catalog.finish(runID: run.id, state: "interrupted", at: Self.now()) } catch { throw .catalog(error) }
             options.log("run \(run.id) was interrupted; collected \(ingested) finished task(s) from its run directory")
+        }
+    }
+}
+
+/// Collects task outcomes and writes them to the catalog in batches (every 500 results or 0.25 s),
+/// so thousands of small tasks do not cost thousands of SQLite transactions. Safe to lose on a kill:
+/// every outcome is already in its result file, which the next run collects.
+final class ResultSink: Sendable {
+    struct State { var pending: [TaskResult] = []; var lastFlush = Date(); var errors: [String] = [] }
+    let state = Mutex(State())
+    let flushing = Mutex(())
+    let catalog: Catalog
+    init(catalog: Catalog) { self.catalog = catalog }
+
+    func add(_ r: TaskResult) {
+        let due = state.withLock { s in
+            s.pending.append(r)
+            return s.pending.count >= 500 || Date().timeIntervalSince(s.lastFlush) > 0.25
+        }
+        if due { flush() }
+    }
+
+    func fail(_ message: String) { state.withLock { $0.errors.append(message) } }
+
+    var firstError: String? { state.withLock { $0.errors.first } }
+
+    func flush() {
+        flushing.withLock { _ in
+            let batch = state.withLock { s in let b = s.pending; s.pending = []; s.lastFlush = Date(); return b }
+            guard !batch.isEmpty else { return }
+            do { try catalog.record(batch: batch.map { ($0.taskRecord(), $0.objectRecords(), $0.outputRecords()) }) }
+            catch { fail("\(error)") }
         }
     }
 }

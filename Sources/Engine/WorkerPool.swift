@@ -8,17 +8,22 @@ public let stopRequested = Atomic<Bool>(false)
 /// so it runs on plain threads rather than blocking Swift's cooperative pool.
 public enum WorkerPool {
     public static func run<T: Sendable>(_ items: [T], jobs: Int, _ body: @escaping @Sendable (T) -> Void) {
+        run(items, jobs: jobs) { _, item in body(item) }
+    }
+
+    /// As `run`, telling the body which worker (0..<jobs) runs it, for per-worker state.
+    public static func run<T: Sendable>(_ items: [T], jobs: Int, _ body: @escaping @Sendable (Int, T) -> Void) {
         guard !items.isEmpty else { return }
         let next = Atomic<Int>(0)
         let n = max(1, min(jobs, items.count))
         let done = DispatchGroup()
-        for _ in 0..<n {
+        for w in 0..<n {
             done.enter()
             let t = Thread {
                 while !stopRequested.load(ordering: .relaxed) {
                     let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
                     if i >= items.count { break }
-                    body(items[i])
+                    body(w, items[i])
                 }
                 done.leave()
             }

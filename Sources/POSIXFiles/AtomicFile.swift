@@ -14,7 +14,8 @@ public enum AtomicFile {
     public static let hostName: String = {
         var buf = [CChar](repeating: 0, count: 256)
         gethostname(&buf, buf.count)
-        let h = String(String(cString: buf).map { $0 == "-" ? "_" : $0 })
+        let name = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let h = String(name.map { $0 == "-" ? "_" : $0 })
         return h.isEmpty ? "host" : h
     }()
 

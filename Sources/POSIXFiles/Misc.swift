@@ -53,12 +53,12 @@ public func isTerminal(_ fd: Int32) -> Bool { isatty(fd) == 1 }
 public func currentDirectory() -> String {
     var buf = [CChar](repeating: 0, count: 4096)
     guard getcwd(&buf, buf.count) != nil else { return "." }
-    return String(cString: buf)
+    return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
 public func environment(_ name: String) -> String? {
     guard let v = getenv(name) else { return nil }
-    return String(cString: v)
+    return String(validatingCString: v)
 }
 
 public var processorCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }

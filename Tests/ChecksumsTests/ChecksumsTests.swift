@@ -54,7 +54,7 @@ final class ChecksumsTests: XCTestCase {
         // A temporary of a dead process on this host is removed; one of a live process (ours) is not.
         t.write(AtomicFile.temporaryPrefix + "\(AtomicFile.hostName)-999999999-x-f.txt", "partial")
         let mine = AtomicFile.temporaryPath(for: t.file("g.txt"))
-        FileManager.default.createFile(atPath: mine, contents: Data("writing".utf8))
+        _ = FileManager.default.createFile(atPath: mine, contents: Data("writing".utf8))
         t.write(AtomicFile.temporaryPrefix + "otherhost-1-x-f.txt", "another node's")
         XCTAssertEqual(AtomicFile.removeStaleTemporaries(in: t.path), 1)
         XCTAssertTrue(FileManager.default.fileExists(atPath: mine))

@@ -73,10 +73,8 @@ public struct ChecksumStage: Stage {
                 }
                 try AtomicFile.write(body, to: target)
                 outputs.append(OutputInfo(path: target, size: Int64(body.utf8.count), sha256: SHA256Hasher.hash(body)))
-            } catch let e as POSIXFileError {
-                throw StageError("cannot write the SHA256SUMS manifest: \(e)")
             } catch {
-                throw StageError("\(error)")
+                throw StageError("cannot write the SHA256SUMS manifest: \(error)")
             }
         }
         return outputs
