@@ -11,11 +11,11 @@ let cModules: [Target] = [
 
 // MARK: - Libraries
 let libraries: [Target] = [
-    .target(name: "POSIXFiles"),
-    .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"]),
-    .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")]),
-    .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
-    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles"]),
+    .target(name: "POSIXFiles", exclude: ["README.md"]),
+    .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"], exclude: ["README.md"]),
+    .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
+    .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
+    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
 ]
 
 // MARK: - Executables

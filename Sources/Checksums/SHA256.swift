@@ -66,18 +66,23 @@ public enum FileHasher {
     /// Streams `path` through SHA-256. `onProgress` gets the bytes read since the last call.
     public static func sha256(path: String, onProgress: ((Int) -> Void)? = nil) throws(POSIXFileError) -> FileDigest {
         let fd = try FileDescriptor(path: path, mode: .read)
+        return try hashChunks(of: fd) { (chunk) throws(POSIXFileError) in onProgress?(chunk.count) }
+    }
+
+    /// Reads `fd` to its end in large chunks, hashing each and handing it to `body`.
+    static func hashChunks(of fd: borrowing FileDescriptor, _ body: (UnsafeRawBufferPointer) throws(POSIXFileError) -> Void) throws(POSIXFileError) -> FileDigest {
         fd.adviseSequential()
-        let size = try fd.status().size
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize(for: size), alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize(for: try fd.status().size), alignment: 4096)
         defer { buffer.deallocate() }
         var h = SHA256Hasher()
         var total: Int64 = 0
         while true {
             let n = try fd.read(into: buffer)
             if n == 0 { break }
-            h.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+            h.update(chunk)
+            try body(chunk)
             total += Int64(n)
-            onProgress?(n)
         }
         return FileDigest(sha256: h.finalize(), size: total)
     }
@@ -89,23 +94,9 @@ public enum FileHasher {
         let digest: FileDigest
         do {
             let src = try FileDescriptor(path: source, mode: .read)
-            src.adviseSequential()
-            let size = try src.status().size
             let dst = try FileDescriptor(path: destination, mode: .createExclusive(permissions: 0o600))
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize(for: size), alignment: 4096)
-            defer { buffer.deallocate() }
-            var h = SHA256Hasher()
-            var total: Int64 = 0
-            while true {
-                let n = try src.read(into: buffer)
-                if n == 0 { break }
-                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-                h.update(chunk)
-                try dst.writeAll(chunk)
-                total += Int64(n)
-            }
+            digest = try hashChunks(of: src) { (chunk) throws(POSIXFileError) in try dst.writeAll(chunk) }
             try dst.sync()
-            digest = FileDigest(sha256: h.finalize(), size: total)
         } catch {
             _ = unlinkIgnoringErrors(destination)
             throw .io(error)
