@@ -7,6 +7,9 @@ let cModules: [Target] = [
     .systemLibrary(
         name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
         providers: [.apt(["libssl-dev"])]),
+    .systemLibrary(
+        name: "CTIFF", path: "Sources/CTIFF", pkgConfig: "libtiff-4",
+        providers: [.apt(["libtiff-dev"])]),
 ]
 
 // MARK: - Libraries
@@ -15,6 +18,7 @@ let libraries: [Target] = [
     .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
+    .target(name: "EMFormats", dependencies: ["CTIFF"], exclude: ["README.md"]),
     .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
 ]
 
@@ -22,7 +26,7 @@ let libraries: [Target] = [
 let executables: [Target] = [
     .executableTarget(
         name: "emflow",
-        dependencies: ["Engine", "WorkflowSpec", "Catalog", "Checksums", "POSIXFiles",
+        dependencies: ["Engine", "WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats",
                        .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 ]
 
@@ -31,6 +35,7 @@ let tests: [Target] = [
     .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport"),
     .testTarget(name: "ChecksumsTests", dependencies: ["Checksums", "POSIXFiles", "TestSupport"]),
     .testTarget(name: "WorkflowSpecTests", dependencies: ["WorkflowSpec", "TestSupport"]),
+    .testTarget(name: "EMFormatsTests", dependencies: ["EMFormats", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),
     .testTarget(name: "CLITests", dependencies: ["TestSupport"]),

@@ -20,7 +20,7 @@ struct Emflow: ParsableCommand {
             """,
         version: EmflowVersion.current,
         subcommands: [RunCommand.self, ValidateCommand.self, StatusCommand.self, CatalogCommand.self,
-                      ChecksumCommand.self, StagesCommand.self, VersionCommand.self])
+                      ChecksumCommand.self, InspectCommand.self, StagesCommand.self, VersionCommand.self])
 }
 
 /// Exit codes, documented in `emflow --help` and README.
