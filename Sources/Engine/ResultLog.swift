@@ -11,15 +11,18 @@ final class ResultLog: Sendable {
     let directory: String
     let files: Mutex<[Int: Int32]>
 
-    init(directory: String, workers: Int) {
+    init(directory: String) {
         self.directory = directory
         files = Mutex([:])
     }
 
     deinit { files.withLock { for fd in $0.values { close(fd) } } }
 
-    func append(_ r: TaskResult, worker: Int) throws {
-        var line = try JSONEncoder.sorted.encode(r)
+    /// Appends the result and returns its JSON (which the catalog stores as is: encoded once).
+    @discardableResult
+    func append(_ r: TaskResult, worker: Int) throws -> String {
+        let json = try JSONEncoder.sorted.encode(r)
+        var line = json
         line.append(0x0A)
         let fd: Int32 = try files.withLock { open in
             if let fd = open[worker] { return fd }
@@ -38,6 +41,7 @@ final class ResultLog: Sendable {
                 done += n
             }
         }
+        return String(decoding: json, as: UTF8.self)
     }
 
     /// Every complete result in a log file (or a single-result `.json` file); torn lines are skipped.

@@ -197,13 +197,9 @@ public final class RunDriver: Sendable {
             line.blocked = blocked.count
 
             if options.dryRun {
-                if impl.granularity == .perItem {
-                    for t in toRun { unknownAfter[stage.name, default: []].insert(t.itemID) }
-                    for item in waiting { unknownAfter[stage.name, default: []].insert(item.id) }
-                } else {
-                    for (item, _) in inputs { unknownAfter[stage.name, default: []].insert(item.id) }
-                    for item in waiting { unknownAfter[stage.name, default: []].insert(item.id) }
-                }
+                // Items whose artifact after this stage is not known until it really runs.
+                let pending = impl.granularity == .perItem ? toRun.map(\.itemID) : inputs.map(\.0.id)
+                unknownAfter[stage.name] = Set(pending + waiting.map(\.id))
                 after[stage.name] = stageAfter
                 summary.stages.append(line)
                 continue
@@ -225,13 +221,13 @@ public final class RunDriver: Sendable {
             let collected = Mutex<[TaskResult]>([])
             let sink = ResultSink(catalog: catalog)
             let jobs = options.jobs ?? workflow.executor.jobs ?? processorCount
-            let log = ResultLog(directory: resultsDir, workers: jobs)
+            let log = ResultLog(directory: resultsDir)
             WorkerPool.run(toRun, jobs: jobs) { worker, task in
                 let result = Self.execute(task, impl: impl, retry: stage.retry, ctx: ctx)
                 do {
                     // The result log first: once the line is written the outcome survives a kill of this process.
-                    try log.append(result, worker: worker)
-                    sink.add(result)
+                    let json = try log.append(result, worker: worker)
+                    sink.add(result, json: json)
                 } catch {
                     sink.fail("cannot write the result of \(task.itemID) in \(resultsDir): \(error)")
                 }
@@ -364,15 +360,15 @@ public final class RunDriver: Sendable {
 /// so thousands of small tasks do not cost thousands of SQLite transactions. Safe to lose on a kill:
 /// every outcome is already in its result file, which the next run collects.
 final class ResultSink: Sendable {
-    struct State { var pending: [TaskResult] = []; var lastFlush = Date(); var errors: [String] = [] }
+    struct State { var pending: [(TaskResult, String)] = []; var lastFlush = Date(); var errors: [String] = [] }
     let state = Mutex(State())
     let flushing = Mutex(())
     let catalog: Catalog
     init(catalog: Catalog) { self.catalog = catalog }
 
-    func add(_ r: TaskResult) {
+    func add(_ r: TaskResult, json: String) {
         let due = state.withLock { s in
-            s.pending.append(r)
+            s.pending.append((r, json))
             return s.pending.count >= 500 || Date().timeIntervalSince(s.lastFlush) > 0.25
         }
         if due { flush() }
@@ -386,15 +382,16 @@ final class ResultSink: Sendable {
         flushing.withLock { _ in
             let batch = state.withLock { s in let b = s.pending; s.pending = []; s.lastFlush = Date(); return b }
             guard !batch.isEmpty else { return }
-            do { try catalog.record(batch: batch.map { ($0.taskRecord(), $0.objectRecords(), $0.outputRecords()) }) }
+            do { try catalog.record(batch: batch.map { r, json in (r.taskRecord(json: json), r.objectRecords(), r.outputRecords()) }) }
             catch { fail("\(error)") }
         }
     }
 }
 
 extension TaskResult {
-    func taskRecord() -> TaskRecord {
-        let json = (try? JSONEncoder.sorted.encode(self)).map { String(decoding: $0, as: UTF8.self) }
+    /// The catalog row; `json` is the result as already encoded for the result log, when there is one.
+    func taskRecord(json: String? = nil) -> TaskRecord {
+        let json = json ?? (try? JSONEncoder.sorted.encode(self)).map { String(decoding: $0, as: UTF8.self) }
         return TaskRecord(runID: runID, key: key, stage: stage, kind: kind, item: itemID, state: state.rawValue, tries: tries,
                           startedAt: startedAt, finishedAt: finishedAt, bytes: bytes, error: error, result: json)
     }

@@ -296,7 +296,7 @@ struct SpecParsing {
                 case "uses": uses = string(fv, "uses"); usesNode = fv
                 case "needs":
                     for (n, nn) in stringList(fv, "needs") ?? [] {
-                        if let j = seen[n] { _ = j; needs.append(n) }
+                        if seen[n] != nil { needs.append(n) }
                         else if pairs.contains(where: { $0.key == n }) {
                             fail(nn, "stage '\(name)' needs '\(n)', which comes later", hint: "order stages so each comes after what it needs (this also rules out cycles)")
                         } else {
