@@ -10,6 +10,9 @@ let cModules: [Target] = [
     .systemLibrary(
         name: "CTIFF", path: "Sources/CTIFF", pkgConfig: "libtiff-4",
         providers: [.apt(["libtiff-dev"])]),
+    .systemLibrary(
+        name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi",
+        providers: [.apt(["libhdf5-openmpi-dev", "libopenmpi-dev"])]),
 ]
 
 // MARK: - Libraries
@@ -18,8 +21,9 @@ let libraries: [Target] = [
     .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
-    .target(name: "EMFormats", dependencies: ["CTIFF"], exclude: ["README.md"]),
-    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
+    .target(name: "EMFormats", dependencies: ["CTIFF", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
+    .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles"], exclude: ["README.md"]),
+    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus"], exclude: ["README.md"]),
 ]
 
 // MARK: - Executables
@@ -36,6 +40,7 @@ let tests: [Target] = [
     .testTarget(name: "ChecksumsTests", dependencies: ["Checksums", "POSIXFiles", "TestSupport"]),
     .testTarget(name: "WorkflowSpecTests", dependencies: ["WorkflowSpec", "TestSupport"]),
     .testTarget(name: "EMFormatsTests", dependencies: ["EMFormats", "TestSupport"]),
+    .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),
     .testTarget(name: "CLITests", dependencies: ["TestSupport"]),

@@ -87,3 +87,33 @@ public enum Tools {
 
     public static var isRoot: Bool { getuid() == 0 }
 }
+
+/// The community's NXem validator (pynxtools), h5py and nexusformat on files tests wrote, in one
+/// Python process (scripts/validate-nexus). Returns the problems per invalid file; empty when all pass.
+public enum NexusValidator {
+    public static var python: String { Tools.packageRoot + "/.venv/bin/python" }
+
+    public static func problems(_ files: [String]) throws -> [String: String] {
+        precondition(!files.isEmpty)
+        let out = try ProcessRunner.run(python, [Tools.packageRoot + "/scripts/validate-nexus", "--json"] + files)
+        var bad: [String: String] = [:]
+        var seen = 0
+        for line in out.stdout.split(separator: "\n") {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let file = obj["file"] as? String, let valid = obj["valid"] as? Bool else { continue }
+            seen += 1
+            if !valid { bad[file] = ((obj["problems"] as? [String]) ?? []).joined(separator: "; ") }
+        }
+        if seen != files.count { bad["(validator)"] = "validated \(seen) of \(files.count) files: \(out.stderr.suffix(2000))" }
+        return bad
+    }
+
+    /// Runs Python (the test venv, with h5py/numpy/tifffile) on a script; returns stdout, failing on a non-zero exit.
+    public static func runPython(_ script: String, _ args: [String] = []) throws -> String {
+        let out = try ProcessRunner.run(python, ["-c", script] + args)
+        if out.status != 0 { throw PythonFailure(message: "python exited \(out.status): \(out.stderr.suffix(3000))") }
+        return out.stdout
+    }
+
+    public struct PythonFailure: Error, CustomStringConvertible { public let message: String; public var description: String { message } }
+}

@@ -1,0 +1,69 @@
+#ifndef EMFLOW_CHDF5_SHIM_H
+#define EMFLOW_CHDF5_SHIM_H
+// The MPI build of HDF5 (Debian's libhdf5-openmpi-dev): one library for serial files and for
+// collective parallel writes. Found through pkg-config `hdf5-openmpi`.
+#include <hdf5.h>
+#include <mpi.h>
+#include <string.h>
+
+// HDF5's property classes, types and flags are macros over globals that need H5open() first;
+// Swift can import neither, so each gets a getter.
+static inline hid_t emflow_h5p_file_create(void) { return H5P_FILE_CREATE; }
+static inline hid_t emflow_h5p_file_access(void) { return H5P_FILE_ACCESS; }
+static inline hid_t emflow_h5p_dataset_create(void) { return H5P_DATASET_CREATE; }
+static inline hid_t emflow_h5p_dataset_xfer(void) { return H5P_DATASET_XFER; }
+static inline hid_t emflow_h5p_link_create(void) { return H5P_LINK_CREATE; }
+static inline hid_t emflow_h5t_c_s1(void) { return H5T_C_S1; }
+static inline hid_t emflow_h5t_native_int8(void) { return H5T_NATIVE_INT8; }
+static inline hid_t emflow_h5t_native_uint8(void) { return H5T_NATIVE_UINT8; }
+static inline hid_t emflow_h5t_native_int16(void) { return H5T_NATIVE_INT16; }
+static inline hid_t emflow_h5t_native_uint16(void) { return H5T_NATIVE_UINT16; }
+static inline hid_t emflow_h5t_native_int32(void) { return H5T_NATIVE_INT32; }
+static inline hid_t emflow_h5t_native_uint32(void) { return H5T_NATIVE_UINT32; }
+static inline hid_t emflow_h5t_native_int64(void) { return H5T_NATIVE_INT64; }
+static inline hid_t emflow_h5t_native_uint64(void) { return H5T_NATIVE_UINT64; }
+static inline hid_t emflow_h5t_native_float(void) { return H5T_NATIVE_FLOAT; }
+static inline hid_t emflow_h5t_native_double(void) { return H5T_NATIVE_DOUBLE; }
+// File types, little-endian, as NeXus readers expect on every platform.
+static inline hid_t emflow_h5t_std_i8le(void) { return H5T_STD_I8LE; }
+static inline hid_t emflow_h5t_std_u8le(void) { return H5T_STD_U8LE; }
+static inline hid_t emflow_h5t_std_i16le(void) { return H5T_STD_I16LE; }
+static inline hid_t emflow_h5t_std_u16le(void) { return H5T_STD_U16LE; }
+static inline hid_t emflow_h5t_std_i32le(void) { return H5T_STD_I32LE; }
+static inline hid_t emflow_h5t_std_u32le(void) { return H5T_STD_U32LE; }
+static inline hid_t emflow_h5t_std_i64le(void) { return H5T_STD_I64LE; }
+static inline hid_t emflow_h5t_std_u64le(void) { return H5T_STD_U64LE; }
+static inline hid_t emflow_h5t_ieee_f32le(void) { return H5T_IEEE_F32LE; }
+static inline hid_t emflow_h5t_ieee_f64le(void) { return H5T_IEEE_F64LE; }
+static inline size_t emflow_h5t_variable(void) { return H5T_VARIABLE; }
+static inline unsigned emflow_h5f_acc_excl(void) { return H5F_ACC_EXCL; }
+static inline unsigned emflow_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
+static inline unsigned emflow_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
+static inline unsigned emflow_h5f_acc_rdwr(void) { return H5F_ACC_RDWR; }
+static inline hsize_t emflow_h5s_unlimited(void) { return H5S_UNLIMITED; }
+
+// MPI handles are macros over globals as well.
+static inline MPI_Comm emflow_mpi_comm_world(void) { return MPI_COMM_WORLD; }
+static inline MPI_Info emflow_mpi_info_null(void) { return MPI_INFO_NULL; }
+
+// HDF5 prints its error stack to stderr unless told not to; emflow reports errors itself, so the
+// stack is walked into a per-thread buffer and turned into one message.
+static inline char *emflow_h5_error_buffer(void) { static _Thread_local char buffer[1024]; return buffer; }
+static herr_t emflow_h5_walk(unsigned n, const H5E_error2_t *e, void *data) {
+    (void)data;
+    char *b = emflow_h5_error_buffer();
+    size_t used = strlen(b);
+    if (used + 4 >= 1024 || e->desc == NULL) return 0;
+    if (n > 0 && used > 0) { strncat(b, "; ", 1023 - used); used += 2; }
+    if (e->func_name) { strncat(b, e->func_name, 1023 - used); used = strlen(b); strncat(b, ": ", 1023 - used); used = strlen(b); }
+    strncat(b, e->desc, 1023 - used);
+    return 0;
+}
+static inline void emflow_h5_silence(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+static inline const char *emflow_h5_take_error(void) {
+    emflow_h5_error_buffer()[0] = 0;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, emflow_h5_walk, NULL);
+    H5Eclear2(H5E_DEFAULT);
+    return emflow_h5_error_buffer();
+}
+#endif

@@ -1,0 +1,83 @@
+import XCTest
+import ParallelNexus
+import TestSupport
+
+final class NXemWriterTests: XCTestCase {
+    func minimalDocument(rows: Int = 8, cols: Int = 16) -> NXemDocument {
+        var d = NXemDocument()
+        d.rootAttributes = ["default": .string("entry1"), "creator": .string("emflow-tests")]
+        d.fields = [
+            "definition": .init(.string("NXem")),
+            "start_time": .init(.string("2024-05-01T10:00:00+02:00")),
+            "sample/is_simulation": .init(.bool(false)),
+            "sample/atom_types": .init(.string("Fe, C")),
+            "sample/preparation_date": .init(.string("2024-04-30T09:00:00+02:00")),
+            "measurement/instrument/fabrication/vendor": .init(.string("FEI")),
+            "measurement/instrument/fabrication/model": .init(.string("Helios")),
+            "measurement/event1/instrument/ebeam_column/electron_source/voltage": .init(.double(15000), units: "V"),
+            "measurement/event1/instrument/optics/magnification": .init(.double(5000)),
+            "note_input/file_name": .init(.string("file:///x.tif")),
+            "measurement/event1/metadata/Beam.HV": .init(.string("15000")),
+            "measurement/event1/vendor_block/data": .init(.fixedString("{\"a\": 1}")),
+            "measurement/event1/vendor_block/type": .init(.string("application/json")),
+        ]
+        d.groupClasses = ["measurement/instrument/ebeam_column": "NXebeam_column",
+                          "measurement/event1/metadata": "NXcollection", "measurement/event1/vendor_block": "NXnote"]
+        d.images = [.init(group: "measurement/event1/image1", type: .uint16, shape: [rows, cols], chunks: [rows, cols],
+                          axes: [.init(name: "axis_j", values: (0..<rows).map { Double($0) * 1.5 }, units: "nm", longName: "Coordinate along j-axis (nm)"),
+                                 .init(name: "axis_i", values: (0..<cols).map { Double($0) * 1.5 }, units: "nm", longName: "Coordinate along i-axis (nm)")],
+                          signalLongName: "Signal",
+                          process: ["detector_identifier": .init(.string("detector1")), "input/type": .init(.string("image/tiff")),
+                                    "input/file_name": .init(.string("x.tif")), "input/checksum": .init(.string(String(repeating: "0", count: 64))),
+                                    "input/algorithm": .init(.string("sha256")), "input/context": .init(.string("IFD0"))])]
+        return d
+    }
+
+    func testMinimalDocumentIsValidNXemAndPixelsRoundTrip() throws {
+        let dir = TempDir("nxw"); defer { dir.cleanup() }
+        let path = dir.file("a.nxs")
+        let pixels: [UInt16] = (0..<(8 * 16)).map { UInt16($0 * 37 % 65536) }
+        var doc = minimalDocument()
+        doc.rootAttributes[NXemWriter.taskKeyAttribute] = .string("k123")
+        try NXemWriter.write(doc, to: path, compression: .deflate(level: 1)) { _, ds in
+            try pixels.withUnsafeBytes { try ds.write(start: [0, 0], count: [8, 16], $0) }
+        }
+        XCTAssertEqual(NXemWriter.taskKey(ofFileAt: path), "k123")
+        XCTAssertEqual(try NexusValidator.problems([path]), [:])
+        let back = try HDF5Library.serialized { () throws -> [UInt8] in
+            let f = try HDF5File.open(path: path); defer { try? f.close() }
+            return try f.readArray("/entry1/measurement/event1/image1/image_2d/real", as: .uint16).bytes
+        }
+        XCTAssertEqual(back, pixels.withUnsafeBytes { Array($0) })
+        // No temporary left next to it.
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["a.nxs"])
+    }
+
+    func testValidatorCatchesABrokenFile() throws {
+        let dir = TempDir("nxw"); defer { dir.cleanup() }
+        var doc = minimalDocument()
+        doc.fields["measurement/event1/instrument/ebeam_column/electron_source/voltage"] = .init(.double(15), units: "keV")
+        try NXemWriter.write(doc, to: dir.file("bad.nxs"), compression: .none) { _, ds in
+            try [UInt16](repeating: 0, count: 128).withUnsafeBytes { try ds.write(start: [0, 0], count: [8, 16], $0) }
+        }
+        let problems = try NexusValidator.problems([dir.file("bad.nxs")])
+        XCTAssertTrue(problems[dir.file("bad.nxs")]?.contains("keV") ?? false, "\(problems)")
+    }
+
+    func testFailedFillLeavesNoFile() throws {
+        let dir = TempDir("nxw"); defer { dir.cleanup() }
+        struct Boom: Error {}
+        XCTAssertThrowsError(try NXemWriter.write(minimalDocument(), to: dir.file("x.nxs"), compression: .none) { _, _ in throw Boom() })
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), [])
+    }
+
+    func testBitshuffleWhenInstalled() throws {
+        try XCTSkipUnless(HDF5Library.filterAvailable(Compression.bitshuffleFilterID), "bitshuffle filter not installed")
+        let dir = TempDir("nxw"); defer { dir.cleanup() }
+        let pixels = [UInt16](repeating: 7, count: 128)
+        try NXemWriter.write(minimalDocument(), to: dir.file("b.nxs"), compression: .bitshuffleLZ4) { _, ds in
+            try pixels.withUnsafeBytes { try ds.write(start: [0, 0], count: [8, 16], $0) }
+        }
+        XCTAssertEqual(try NexusValidator.problems([dir.file("b.nxs")]), [:])
+    }
+}
