@@ -3,11 +3,42 @@
 #include <tiffio.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 // TIFFGetField is variadic, which Swift cannot call: one typed getter per value type.
 static inline int emflow_tiff_get_u32(TIFF *t, uint32_t tag, uint32_t *v) { return TIFFGetField(t, tag, v); }
 static inline int emflow_tiff_get_u16(TIFF *t, uint32_t tag, uint16_t *v) { return TIFFGetField(t, tag, v); }
 static inline int emflow_tiff_get_string(TIFF *t, uint32_t tag, char **v) { return TIFFGetField(t, tag, v); }
+static inline int emflow_tiff_get_float(TIFF *t, uint32_t tag, float *v) { return TIFFGetField(t, tag, v); }
+
+// Any tag as raw elements, including vendor tags libtiff does not know (it keeps those as
+// "anonymous" fields whose getter takes a count first). *type is the TIFFDataType of the elements.
+static inline int emflow_tiff_get_raw(TIFF *t, uint32_t tag, uint32_t *count, const void **data, int *type) {
+    const TIFFField *f = TIFFFindField(t, tag, TIFF_ANY);
+    if (f == NULL) return 0;
+    *type = (int)TIFFFieldDataType(f);
+    if (TIFFFieldPassCount(f)) {
+        void *p = NULL;
+        if (TIFFFieldReadCount(f) == TIFF_VARIABLE2) {
+            uint32_t n = 0;
+            if (!TIFFGetField(t, tag, &n, &p)) return 0;
+            *count = n;
+        } else {
+            uint16_t n = 0;
+            if (!TIFFGetField(t, tag, &n, &p)) return 0;
+            *count = n;
+        }
+        *data = p;
+        return 1;
+    }
+    if (*type == TIFF_ASCII) {
+        char *p = NULL;
+        if (!TIFFGetField(t, tag, &p) || p == NULL) return 0;
+        *data = p; *count = (uint32_t)strlen(p);
+        return 1;
+    }
+    return 0;
+}
 
 // libtiff prints errors to stderr by default; emflow reports them itself, naming the file.
 // The last message is kept per thread (files are read on several worker threads at once).
