@@ -61,6 +61,7 @@ public struct MappedMetadata: Sendable {
     /// Source key → target path, for every source key a rule used.
     public var used: [String: String] = [:]
     public var warnings: [String] = []
+    public init() {}
 }
 
 public struct MappingError: Error, CustomStringConvertible, Sendable {
@@ -91,6 +92,10 @@ public struct MappingTable: Sendable {
         public var map: [String: String]?
         public var datetimeFormat: String?
         public var required = false
+        /// `ratio`: the first source number divided by the second (e.g. FEI magnification = canvas width / HFW).
+        public var ratio = false
+        /// 1 / value (e.g. TIFF XResolution in pixels per unit → pixel size).
+        public var reciprocal = false
         public var line: Int
     }
 
@@ -105,7 +110,7 @@ public struct MappingTable: Sendable {
     // MARK: Loading
 
     static let topKeys = ["emflow_mapping", "name", "description", "match", "timezone", "fields"]
-    static let ruleKeys = ["to", "from", "value", "unit", "parse", "scale", "index", "map", "datetime", "required", "note"]
+    static let ruleKeys = ["to", "from", "value", "unit", "parse", "scale", "index", "map", "datetime", "required", "combine", "reciprocal", "note"]
 
     /// Parses and validates a mapping; every problem names the line. `sha256` is the file content's hash.
     public static func parse(text: String, file: String, sha256: String) throws(MappingError) -> MappingTable {
@@ -184,6 +189,11 @@ public struct MappingTable: Sendable {
             }
             if let d = fm["datetime"] { r.datetimeFormat = d.string }
             if let q = fm["required"] { r.required = q.bool ?? false }
+            if let c = fm["combine"] {
+                guard c.string == "ratio", r.from.count == 2 else { throw fail(c, "\"combine\": \"ratio\" divides the first of two \"from\" keys by the second") }
+                r.ratio = true
+            }
+            if let q = fm["reciprocal"] { r.reciprocal = q.bool ?? false }
             // Rules must say enough to produce the target's kind.
             switch kind {
             case .quantity(let dim):
@@ -269,7 +279,14 @@ public struct MappingTable: Sendable {
                     if r.required { throw ApplyError(message: "mapping \(name) (\(file):\(r.line)): required key \(r.from.joined(separator: " + ")) is missing") }
                     continue
                 }
-                raw = parts.count == 1 ? parts[0] : .string(parts.map(\.text).joined(separator: " "))
+                if r.ratio {
+                    guard let a = parts[0].doubleValue, let b = parts[1].doubleValue, b != 0 else {
+                        throw ApplyError(message: "mapping \(name) (\(file):\(r.line)): \(keys.joined(separator: " / ")) is not a ratio of two numbers")
+                    }
+                    raw = .double(a / b)
+                } else {
+                    raw = parts.count == 1 ? parts[0] : .string(parts.map(\.text).joined(separator: " "))
+                }
             }
             if let i = r.index {
                 guard case .numbers(let a) = raw, i < a.count else {
@@ -304,6 +321,10 @@ public struct MappingTable: Sendable {
                 } else {
                     guard let v = raw.doubleValue else { throw ApplyError(message: "\(where_): '\(raw.text)' is not a number") }
                     number = v
+                }
+                if r.reciprocal {
+                    guard number != 0 else { throw ApplyError(message: "\(where_): 1/0 for a reciprocal") }
+                    number = 1 / number
                 }
                 if let s = r.scale { number *= s }
                 if let u = unit {

@@ -101,6 +101,7 @@ public final class RunDriver: Sendable {
 
         let progress = ProgressReporter(enabled: options.progress && !options.dryRun)
         let ctx = TaskContext(outputRoot: workflow.outputs.root, workflow: workflow.name, specSHA256: specSHA256,
+                              specPath: Path.resolve(workflow.sourceFile, against: currentDirectory()), naming: workflow.outputs.naming,
                               context: workflow.context, reportBytes: { progress.addBytes($0) })
         var summary = RunSummary(runID: runID, workflow: workflow.name, workspace: workflow.workspace, dryRun: options.dryRun,
                                  items: items.count, stages: [], failures: [], inputProblems: scan.problems,
@@ -141,11 +142,17 @@ public final class RunDriver: Sendable {
                 do { for o in try catalog.objects() { if let h = o.sha256 { recorded[o.uri] = h } } } catch { throw .catalog(error) }
             }
             var tasks: [TaskInput] = []
+            var keyParameters = stage.parameters
+            do {
+                if let extra = try impl.keyMaterial(parameters: stage.parameters, ctx: ctx) { keyParameters["(key material)"] = extra }
+            } catch {
+                throw .usage("stage \(stage.name) (\(stage.uses)): \(error.message)")
+            }
             if impl.granularity == .perItem {
                 for (item, art) in inputs {
-                    var idInput = TaskKey.identity(of: art)
+                    var idInput = impl.inputIdentity(art, item: item)
                     if !impl.isSkippable(parameters: stage.parameters), let runID { idInput = .map(["file": idInput, "run": .string(runID)]) }
-                    let key = TaskKey.make(kind: stage.uses, version: version, parameters: stage.parameters, input: idInput)
+                    let key = TaskKey.make(kind: stage.uses, version: version, parameters: keyParameters, input: idInput)
                     tasks.append(TaskInput(key: key, runID: runID ?? "", stage: stage.name, kind: stage.uses, itemID: item.id, item: item,
                                            input: art, directory: nil, group: nil, parameters: stage.parameters,
                                            recordedSHA256: recorded[art.path] ?? art.sha256))

@@ -9,6 +9,10 @@ public struct TaskContext: Sendable {
     public var outputRoot: String
     public var workflow: String
     public var specSHA256: String
+    /// The spec file (absolute), for paths relative to it and for provenance.
+    public var specPath: String = ""
+    /// Derived-file naming relative to a dataset directory (outputs.naming).
+    public var naming: PathTemplate? = nil
     public var context: ParamValue
     /// Bytes processed so far (for progress), thread-safe.
     public var reportBytes: @Sendable (Int) -> Void
@@ -25,6 +29,11 @@ public protocol Stage: Sendable {
     /// Whether a done key may be skipped (verification stages always run).
     func isSkippable(parameters: [String: ParamValue]) -> Bool
     func run(_ task: TaskInput, _ ctx: TaskContext) throws(StageError) -> TaskResult.Partial
+    /// Extra material for every task key of the stage, computed once per run (e.g. the content hash
+    /// of the mapping files a conversion reads). A throw stops the run before any task: a setup error.
+    func keyMaterial(parameters: [String: ParamValue], ctx: TaskContext) throws(StageError) -> ParamValue?
+    /// The input's identity in a task key; stages that read files next to the input add them.
+    func inputIdentity(_ artifact: Artifact, item: Item) -> ParamValue
     /// After all tasks of the stage: stage-wide outputs (manifests). Runs in the driver.
     func finish(stage: StageSpec, results: [TaskResult], catalog: Catalog, ctx: TaskContext) throws(StageError) -> [OutputInfo]
 }
@@ -32,6 +41,8 @@ public protocol Stage: Sendable {
 extension Stage {
     public var granularity: Granularity { .perItem }
     public func isSkippable(parameters: [String: ParamValue]) -> Bool { true }
+    public func keyMaterial(parameters: [String: ParamValue], ctx: TaskContext) throws(StageError) -> ParamValue? { nil }
+    public func inputIdentity(_ artifact: Artifact, item: Item) -> ParamValue { TaskKey.identity(of: artifact) }
     public func finish(stage: StageSpec, results: [TaskResult], catalog: Catalog, ctx: TaskContext) throws(StageError) -> [OutputInfo] { [] }
 }
 
@@ -53,10 +64,11 @@ public enum StageRegistry {
         IngestStage.kind: IngestStage(),
         ChecksumStage.kind: ChecksumStage(),
         ReadmeStage.kind: ReadmeStage(),
+        ConvertStage.kind: ConvertStage(),
     ]
 
     public static var schemas: [String: ParameterSchema] {
-        [IngestStage.kind: IngestStage.schema, ChecksumStage.kind: ChecksumStage.schema, ReadmeStage.kind: ReadmeStage.schema]
+        all.mapValues { type(of: $0).schema }
     }
 
     public static func version(of kind: String) -> Int { type(of: all[kind]!).version }

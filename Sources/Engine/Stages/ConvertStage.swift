@@ -1,0 +1,176 @@
+import Foundation
+import Synchronization
+import POSIXFiles
+import Checksums
+import WorkflowSpec
+import EMFormats
+import ParallelNexus
+
+/// `convert` with `to: nxem`: each TIFF becomes a NeXus/NXem file next to its dataset
+/// (`<root>/<proposal>/<sample>/<experiment>/<outputs.naming>`, default `nexus/{stem}.nxs`).
+/// The mapping files' content is part of the task key: editing a mapping makes a re-run write a new version.
+public struct ConvertStage: Stage {
+    public static let kind = "convert"
+    public static let version = 1
+    public static let defaultNaming = "nexus/{stem}.nxs"
+    public static let schema = ParameterSchema(summary: "microscope TIFF → NeXus/NXem with vendor metadata mapped to SI units", fields: [
+        .init("to", .string, required: true, allowed: ["nxem"], help: "the output format"),
+        .init("mapping", .string, default: .string("auto"),
+              help: "auto: choose from the file's tags; or a mapping name, or a path to a mapping .json (relative to the spec)"),
+        .init("mappings", .string, help: "folder of mapping files (relative to the spec); default: $EMFLOW_MAPPINGS, else emflow's Mappings/"),
+        .init("unmapped", .string, default: .string("fail"), allowed: ["fail", "keep"],
+              help: "a file no mapping matches: fail it, or convert it with its metadata kept verbatim only"),
+        .init("compression", .string, default: .string("none"), allowed: ["none", "deflate", "bitshuffle"],
+              help: "chunk compression of the image data (bitshuffle needs the HDF5 plugin, Debian package 'bitshuffle')"),
+        .init("deflate_level", .int, default: .int(4), help: "1-9, for compression: deflate"),
+        .init("timezone", .string, default: .string("local"),
+              help: "IANA zone for metadata times written without an offset (local: this machine's)"),
+        .init("atom_types", .string, help: "elements in the sample, e.g. \"Fe, C\" (else context.samples.<id>.atom_types)"),
+    ])
+    public init() {}
+
+    // MARK: Setup
+
+    /// Mapping sets by folder, loaded once per process and reloaded when a file in it changes.
+    static let cache = Mutex<[String: (stamp: String, set: MappingSet)]>([:])
+
+    static func mappingsDirectory(_ parameters: [String: ParamValue], ctx: TaskContext) -> String {
+        if let d = parameters["mappings"]?.stringValue { return Path.resolve(d, against: Path.directory(of: ctx.specPath)) }
+        return defaultMappingsDirectory()
+    }
+
+    /// $EMFLOW_MAPPINGS, else the `Mappings` folder of the checkout or installation the binary belongs to.
+    public static func defaultMappingsDirectory() -> String {
+        if let e = environment("EMFLOW_MAPPINGS"), !e.isEmpty { return e }
+        var dir = Path.directory(of: executablePath())
+        for _ in 0..<5 {
+            for candidate in [Path.join(dir, "Mappings"), Path.join(dir, "share/emflow/Mappings")] {
+                if (try? FileStatus.ifExists(path: candidate))??.isDirectory == true { return candidate }
+            }
+            dir = Path.directory(of: dir)
+        }
+        return "Mappings"
+    }
+
+    static func executablePath() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    public static func mappingSet(directory: String) throws(StageError) -> MappingSet {
+        // The stamp: names, sizes and mtimes; cheap to compute on every task.
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".json") }.sorted()
+        let stamp = names.map { n -> String in
+            let st = try? FileStatus.of(path: Path.join(directory, n))
+            return "\(n):\(st?.size ?? -1):\(st?.mtimeNanoseconds ?? -1)"
+        }.joined(separator: "|")
+        if let hit = cache.withLock({ $0[directory] }), hit.stamp == stamp { return hit.set }
+        let set: MappingSet
+        do { set = try MappingSet.load(directory: directory, hash: SHA256Hasher.hash) } catch { throw StageError(error.description) }
+        cache.withLock { $0[directory] = (stamp, set) }
+        return set
+    }
+
+    public func keyMaterial(parameters: [String: ParamValue], ctx: TaskContext) throws(StageError) -> ParamValue? {
+        let dir = Self.mappingsDirectory(parameters, ctx: ctx)
+        let set = try Self.mappingSet(directory: dir)
+        var m: [String: ParamValue] = ["mappings": .string(set.combinedSHA256)]
+        if let name = parameters["mapping"]?.stringValue, name != "auto" {
+            if name.hasSuffix(".json") {
+                let path = Path.resolve(name, against: Path.directory(of: ctx.specPath))
+                guard let bytes = try? readFile(path) else { throw StageError("mapping file \(path) cannot be read") }
+                do { _ = try MappingTable.parse(text: String(decoding: bytes, as: UTF8.self), file: path, sha256: "") } catch { throw StageError(error.description) }
+                m["mapping"] = .string(SHA256Hasher.hash(bytes))
+            } else if set.named(name) == nil {
+                throw StageError("no mapping named '\(name)' in \(dir) (there are: \(set.tables.map(\.name).joined(separator: ", ")))")
+            }
+        }
+        if parameters["compression"]?.stringValue == "bitshuffle" && !HDF5Library.filterAvailable(Compression.bitshuffleFilterID) {
+            throw StageError("compression: bitshuffle needs the bitshuffle HDF5 filter (id 32008): install Debian's 'bitshuffle' package or set HDF5_PLUGIN_PATH, or use compression: deflate")
+        }
+        return .map(m)
+    }
+
+    /// Sidecar files (`.hdr`, `.txt`, `.xml`) are part of the input: editing one re-converts.
+    public func inputIdentity(_ artifact: Artifact, item: Item) -> ParamValue {
+        var id = TaskKey.identity(of: artifact)
+        let side = Self.sidecars(for: artifact, item: item)
+        if !side.isEmpty, case .map(var m) = id {
+            m["sidecars"] = .list(side.compactMap { p in
+                (try? FileStatus.of(path: p)).map { TaskKey.identity(of: Artifact(path: p, size: $0.size, mtimeNanoseconds: $0.mtimeNanoseconds)) }
+            })
+            id = .map(m)
+        }
+        return id
+    }
+
+    /// Sidecars next to the input, else next to the item's original (ingest moves only the image).
+    static func sidecars(for artifact: Artifact, item: Item?) -> [String] {
+        let here = MetadataReader.sidecarCandidates(for: artifact.path).filter { FileManager.default.fileExists(atPath: $0) }
+        if !here.isEmpty || item == nil { return here }
+        return MetadataReader.sidecarCandidates(for: item!.source.path).filter { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    // MARK: Run
+
+    public func run(_ task: TaskInput, _ ctx: TaskContext) throws(StageError) -> TaskResult.Partial {
+        guard let input = task.input else { throw StageError("convert needs an input file") }
+        let p = task.parameters
+        var options = TIFFToNXem.Options(mappings: try Self.mappingSet(directory: Self.mappingsDirectory(p, ctx: ctx)))
+        if let m = p["mapping"]?.stringValue, m != "auto" {
+            options.mapping = m.hasSuffix(".json") ? Path.resolve(m, against: Path.directory(of: ctx.specPath)) : m
+        }
+        options.unmapped = p["unmapped"]?.stringValue == "keep" ? .keep : .fail
+        switch p["compression"]?.stringValue {
+        case "deflate": options.compression = .deflate(level: p["deflate_level"]?.intValue ?? 4)
+        case "bitshuffle": options.compression = .bitshuffleLZ4
+        default: options.compression = .none
+        }
+        if let tz = p["timezone"]?.stringValue, tz != "local" {
+            guard TimeZone(identifier: tz) != nil else { throw StageError("timezone '\(tz)' is not an IANA zone name such as Europe/Rome") }
+            options.timezone = tz
+        }
+        let fields = task.item?.fields ?? [:]
+        let sampleContext = fields["sample"].flatMap { ctx.context["samples"]?[$0] }
+        options.sampleName = fields["sample"]
+        options.atomTypes = p["atom_types"]?.stringValue ?? sampleContext?["atom_types"]?.text
+        options.preparationDate = sampleContext?["preparation_date"]?.text
+        options.specPath = ctx.specPath
+        options.specSHA256 = ctx.specSHA256
+        options.taskKey = task.key
+        options.reportBytes = ctx.reportBytes
+
+        let output = outputPath(for: input, fields: fields, itemID: task.itemID, ctx: ctx)
+        do { try makeDirectories(Path.directory(of: output)) } catch { throw StageError(error) }
+        AtomicFile.removeStaleTemporaries(in: Path.directory(of: output))
+        // Sidecars next to the original travel with the conversion when ingest moved only the image.
+        let report: TIFFToNXem.Report
+        do {
+            report = try TIFFToNXem(options: options).convert(input: input.path, inputSHA256: input.sha256 ?? task.recordedSHA256, output: output,
+                                                              extraSidecars: Self.sidecars(for: input, item: task.item))
+        } catch {
+            throw StageError(error.message, retryable: error.retryable)
+        }
+        let st: FileStatus
+        do { st = try FileStatus.of(path: report.output) } catch { throw StageError(error) }
+        var out = TaskResult.Partial(artifact: Artifact(path: report.output, size: st.size, mtimeNanoseconds: st.mtimeNanoseconds, sha256: report.outputSHA256))
+        out.outputs = [OutputInfo(path: report.output, size: report.outputSize, sha256: report.outputSHA256)]
+        out.bytes = input.size
+        out.notes = ["mapping \(report.mapping ?? "none"): \(report.mapped.count) key(s) placed, \(report.kept.count) kept verbatim; \(report.shape.map(String.init).joined(separator: "×")) \(report.dataType)"] + report.warnings
+        return out
+    }
+
+    func outputPath(for input: Artifact, fields: [String: String], itemID: String, ctx: TaskContext) -> String {
+        let name = Path.lastComponent(of: input.path)
+        let stem = name.contains(".") ? String(name[..<name.lastIndex(of: ".")!]) : name
+        var f = fields
+        f["stem"] = stem; f["file"] = name; f["ext"] = "nxs"; f["version"] = "1"
+        let naming = (ctx.naming ?? (try? PathTemplate(Self.defaultNaming)))!
+        let rel = naming.render(f) ?? "nexus/\(stem).nxs"
+        if let p = fields["proposal"], let s = fields["sample"], let e = fields["experiment"] {
+            return Path.join(ctx.outputRoot, "\(p)/\(s)/\(e)/\(rel)")
+        }
+        // No layout: mirror the item's relative directory.
+        let dir = Path.directory(of: itemID.split(separator: ":", maxSplits: 1).last.map(String.init) ?? itemID)
+        return Path.join(ctx.outputRoot, dir == "." || dir.isEmpty ? rel : "\(dir)/\(rel)")
+    }
+}
