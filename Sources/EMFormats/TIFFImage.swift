@@ -91,7 +91,7 @@ public final class TIFFImageFile {
         guard stat(path, &st) == 0 else { throw EMFormatsError(path: path, message: "cannot read: \(String(cString: strerror(errno)))") }
         fileSize = Int64(st.st_size)
         guard st.st_size > 0 else { throw EMFormatsError(path: path, message: "the file is empty (0 bytes); the transfer may have failed — copy it again from the microscope") }
-        guard let t = TIFFOpen(path, "rm") else { throw Self.failure(path, "not a readable TIFF (bad header)") }
+        guard let t = TIFFOpen(path, "rm") else { throw Self.failure(path, "not a readable TIFF (truncated, damaged, or not a TIFF)") }
         tif = t
         var list: [TIFFPage] = []
         var guardCount = 0
