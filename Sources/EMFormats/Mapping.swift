@@ -343,6 +343,14 @@ public struct MappingTable: Sendable {
         return out
     }
 
+    static func explicitOffset(_ s: String) -> Int? {
+        if s.hasSuffix("Z") { return 0 }
+        let tail = s.suffix(6)
+        guard tail.count == 6, let sign = tail.first, sign == "+" || sign == "-", tail.dropFirst(3).first == ":",
+              let h = Int(tail.dropFirst().prefix(2)), let m = Int(tail.suffix(2)), s.contains("T") || s.contains(" ") else { return nil }
+        return (sign == "-" ? -1 : 1) * (h * 3600 + m * 60)
+    }
+
     /// A time stamp as ISO 8601 with an offset. Times without a zone are taken in `timezone`.
     public static func isoDate(_ text: String, format: String, timezone: String) -> String? {
         let tz = TimeZone(identifier: timezone) ?? TimeZone(identifier: "UTC")!
@@ -364,7 +372,9 @@ public struct MappingTable: Sendable {
             date = df.date(from: s)
         }
         guard let date else { return nil }
-        let out = DateFormatter(); out.locale = Locale(identifier: "en_US_POSIX"); out.timeZone = tz
+        let out = DateFormatter(); out.locale = Locale(identifier: "en_US_POSIX")
+        // An offset written in the source is kept as written; others get the given zone's offset.
+        out.timeZone = explicitOffset(s).flatMap { TimeZone(secondsFromGMT: $0) } ?? tz
         out.dateFormat = "yyyy-MM-dd'T'HH:mm:ssxxxxx"
         return out.string(from: date)
     }

@@ -21,10 +21,10 @@ final class TIFFProbeTests: XCTestCase {
         let t = TempDir(); defer { t.cleanup() }
         let text = t.write("notes.tif", "this is a text file renamed .tif")
         let empty = t.write("empty.tif", "")
-        for p in [text, empty, t.file("missing.tif")] {
+        for (p, why) in [(text, "not a readable TIFF"), (empty, "empty (0 bytes)"), (t.file("missing.tif"), "cannot read")] {
             XCTAssertThrowsError(try TIFFProbe.inspect(path: p)) { e in
                 XCTAssertTrue("\(e)".hasPrefix(p + ": "), "\(e)")
-                XCTAssertTrue("\(e)".contains("not a readable TIFF"), "\(e)")
+                XCTAssertTrue("\(e)".contains(why), "\(e)")
             }
         }
         // A valid header whose first directory points past the end of the file.

@@ -117,3 +117,21 @@ public enum NexusValidator {
 
     public struct PythonFailure: Error, CustomStringConvertible { public let message: String; public var description: String { message } }
 }
+
+/// Vendor example TIFFs from examples/emfixtures.py (standard-library Python), written once per call.
+public enum Fixtures {
+    /// Writes the vendor set to `dir` (and damaged files to `dir/bad`); returns file name → path.
+    public static func vendorSet(in dir: String, size: Int = 64) throws -> [String: String] {
+        let out = try ProcessRunner.run("/usr/bin/env", ["python3", Tools.packageRoot + "/examples/generate", "--vendors-only", dir, "--vendor-size", String(size)])
+        guard out.status == 0 else { throw NexusValidator.PythonFailure(message: "examples/generate failed: \(out.stderr)") }
+        var files: [String: String] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir) where name.hasSuffix(".tif") { files[name] = dir + "/" + name }
+        return files
+    }
+
+    public static func badSet(in dir: String) throws -> [String: String] {
+        var files: [String: String] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir + "/bad") where name.hasSuffix(".tif") { files[name] = dir + "/bad/" + name }
+        return files
+    }
+}
