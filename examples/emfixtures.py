@@ -342,3 +342,11 @@ def write_bad_set(out, good):
     write_tiff(p("tvips_garbage.tif"), [page("uint16", 32, 24, tags=[(37706, 7, b"\x07\x00\x00\x00" + b"\x01" * 300)])])
     write_tiff(p("unknown_instrument.tif"), [page("uint16", 32, 24, description="acquired on the old camera")])
     return files
+
+def write_large(path, size):
+    """A size x size float32 image with the lab's JSON description (fast: one row pattern repeated)."""
+    row = array.array("f", [float(x % 251) for x in range(size)])
+    desc = json.dumps({"Beam.HV": "15000", "Scan.PixelSize": "1.5e-9", "Acquisition.Date": "2026-11-10T10:00:00+01:00",
+                       "Instrument.Name": "lab-sem", "Detector.Name": "SE"})
+    data = array.array("f", row.tolist() * size)
+    write_tiff(path, [dict(width=size, height=size, dtype="float32", spp=1, data=data, rows_per_strip=64, description=desc)])

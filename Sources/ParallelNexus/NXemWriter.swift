@@ -1,4 +1,6 @@
 import POSIXFiles
+import Foundation
+import Synchronization
 
 /// Writes an `NXemDocument` as one HDF5 file: to a temporary name in the target directory, synced,
 /// then renamed, so a reader never sees a partial file and a killed writer leaves only a temporary
@@ -8,8 +10,11 @@ public enum NXemWriter {
     public static let taskKeyAttribute = "emflow_task_key"
 
     /// `fill(i, dataset)` writes the pixels of `document.images[i]`; it runs with the HDF5 lock held.
+    /// `whileSyncing(tmp)` runs on this thread while another thread fsyncs the finished temporary
+    /// (e.g. to checksum it from the page cache); the file is renamed once both are done.
     public static func write(_ document: NXemDocument, to path: String, compression: Compression,
-                             fill: (Int, ArrayDataset) throws -> Void) throws {
+                             fill: (Int, ArrayDataset) throws -> Void,
+                             whileSyncing: (String) throws -> Void = { _ in }) throws {
         let tmp = AtomicFile.temporaryPath(for: path)
         do {
             try HDF5Library.serialized { () throws in
@@ -22,10 +27,23 @@ public enum NXemWriter {
                     throw error
                 }
             }
-            do {
-                let fd = try FileDescriptor(path: tmp, mode: .writeExisting)
-                try fd.sync()
+            let syncError = Mutex<POSIXFileError?>(nil)
+            let done = DispatchSemaphore(value: 0)
+            let target = tmp
+            Thread.detachNewThread {
+                do {
+                    let fd = try FileDescriptor(path: target, mode: .writeExisting)
+                    try fd.sync()
+                } catch {
+                    syncError.withLock { $0 = error as? POSIXFileError ?? POSIXFileError("fsync", path: target, errno: EIO) }
+                }
+                done.signal()
             }
+            var hookError: Error?
+            do { try whileSyncing(tmp) } catch { hookError = error }
+            done.wait()
+            if let e = syncError.withLock({ $0 }) { throw e }
+            if let hookError { throw hookError }
             try AtomicFile.publish(temporary: tmp, as: path)
         } catch {
             _ = unlinkIgnoringErrors(tmp)

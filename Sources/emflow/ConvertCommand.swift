@@ -21,6 +21,7 @@ struct ConvertCommand: ParsableCommand {
     @Option(help: "IANA zone for metadata times without an offset (default: this machine's).") var timezone: String?
     @Option(name: .customLong("atom-types"), help: "Elements in the sample, e.g. \"Fe, C\".") var atomTypes: String?
     @Flag(help: "Print a JSON report per file.") var json = false
+    @Flag(help: "Print only errors.") var quiet = false
 
     func validate() throws {
         if output != nil && files.count != 1 { throw ValidationError("-o/--output takes one input file; use --out-dir for several") }
@@ -53,7 +54,7 @@ struct ConvertCommand: ParsableCommand {
                 if let d = outDir { try makeDirectories(d) }
                 let r = try converter.convert(input: f, inputSHA256: nil, output: target)
                 reports.append(r)
-                if !json {
+                if !json && !quiet {
                     print("\(f) → \(r.output): \(r.shape.map(String.init).joined(separator: "×")) \(r.dataType), mapping \(r.mapping ?? "none"), \(r.mapped.count) key(s) placed, \(r.kept.count) kept verbatim")
                     for w in r.warnings { print("  warning: \(w)") }
                 }

@@ -3,6 +3,7 @@ import POSIXFiles
 import Checksums
 import EMFormats
 import ParallelNexus
+import Synchronization
 
 /// One TIFF (image, stack or RGB preview) → one NXem file: pixels from libtiff, metadata flattened
 /// from every vendor source, placed by a mapping in SI units, everything else kept verbatim, and the
@@ -69,6 +70,8 @@ public struct TIFFToNXem: Sendable {
     /// Converts `input` to `output` (a final path). If `output` exists with another task key, the next
     /// free version (`name.v2.nxs`, ...) is written instead; one with this task key is reused.
     public func convert(input: String, inputSHA256 known: String?, output: String, extraSidecars: [String]? = nil) throws(Failure) -> Report {
+        var clock = PhaseClock(enabled: environment("EMFLOW_PROFILE") != nil)
+        defer { clock.report(input) }
         let file: TIFFImageFile
         do { file = try TIFFImageFile(path: input) } catch { throw Failure(error.description) }
         let series = file.series()
@@ -85,6 +88,7 @@ public struct TIFFToNXem: Sendable {
         do { md = try MetadataReader.read(file, page: series.pages[0], sidecars: sidecars) } catch {
             throw Failure("\(input): \(error.description)")
         }
+        clock.mark("open+metadata")
         let table: MappingTable?
         if let m = options.mapping {
             if let t = options.mappings.named(m) { table = t }
@@ -109,17 +113,26 @@ public struct TIFFToNXem: Sendable {
             do { mapped = try table.apply(to: md, defaultTimezone: options.timezone) } catch { throw Failure("\(input): \(error.message)") }
         }
 
-        // Input checksum (the upstream stage's when known).
-        let sha: String
-        if let known { sha = known } else {
-            do { sha = try FileHasher.sha256(path: input).sha256 } catch { throw Failure(error.description, retryable: true) }
+        clock.mark("mapping")
+        // Input checksum: the upstream stage's when known, else computed on another core while the
+        // pixels are decoded below.
+        let inputHash: BackgroundTask<Result<FileDigest, POSIXFileError>>? = known == nil ? BackgroundTask {
+            do throws(POSIXFileError) { return .success(try FileHasher.sha256(path: input)) } catch { return .failure(error) }
+        } : nil
+        func inputSHA() throws(Failure) -> String {
+            if let known { return known }
+            switch inputHash!.wait() {
+            case .success(let d): return d.sha256
+            case .failure(let e): throw Failure(e.description, retryable: true)
+            }
         }
-
+        let sha: String
         // Where to write: a new version unless this task already wrote one.
         var target = output
         var version = 1
         while FileManager.default.fileExists(atPath: target) {
             if let key = options.taskKey, NXemWriter.taskKey(ofFileAt: target) == key {
+                sha = try inputSHA()
                 return try report(reusing: target, input: input, table: table, md: md, mapped: mapped, series: series, warnings: warnings, sha: sha)
             }
             version += 1
@@ -128,9 +141,7 @@ public struct TIFFToNXem: Sendable {
         }
         if version > 1 { warnings.append("\(output) exists from an earlier conversion (other mapping or parameters); wrote version \(version)") }
 
-        var doc = try document(file: file, input: input, series: series, md: md, mapped: mapped, table: table, sha: sha, warnings: &warnings)
-        doc.rootAttributes["file_name"] = H5Value.string((target as NSString).lastPathComponent)
-
+        clock.mark("document")
         // Decode one-page images before taking the HDF5 lock, so other workers' writes overlap with it.
         let single = series.pages.count == 1
         var pre: UnsafeMutableRawBufferPointer? = nil
@@ -141,6 +152,13 @@ public struct TIFFToNXem: Sendable {
             do { try file.read(page: series.pages[0], into: b) } catch { throw Failure(error.description) }
         }
         let planeBytes = page.width * page.height * page.pixelType!.size
+        clock.mark("decode")
+        sha = try inputSHA()
+        clock.mark("input sha256 (rest)")
+        var doc = try document(file: file, input: input, series: series, md: md, mapped: mapped, table: table, sha: sha, warnings: &warnings)
+        doc.rootAttributes["file_name"] = H5Value.string((target as NSString).lastPathComponent)
+        clock.mark("document")
+        let outputDigest = Mutex<FileDigest?>(nil)
         do {
             try NXemWriter.write(doc, to: target, compression: options.compression) { index, ds in
                 if let pre {
@@ -156,6 +174,9 @@ public struct TIFFToNXem: Sendable {
                         options.reportBytes(planeBytes)
                     }
                 }
+            } whileSyncing: { tmp in
+                let d = try FileHasher.sha256(path: tmp)
+                outputDigest.withLock { $0 = d }
             }
         } catch let e as EMFormatsError {
             throw Failure(e.description)
@@ -165,13 +186,17 @@ public struct TIFFToNXem: Sendable {
             throw Failure("\(target): \(error)")
         }
         if single { options.reportBytes(page.decodedBytes) }
-        return try report(reusing: target, input: input, table: table, md: md, mapped: mapped, series: series, warnings: warnings, sha: sha, reused: false)
+        clock.mark("write+sync+output sha256")
+        return try report(reusing: target, input: input, table: table, md: md, mapped: mapped, series: series, warnings: warnings, sha: sha,
+                          reused: false, digest: outputDigest.withLock { $0 })
     }
 
     func report(reusing target: String, input: String, table: MappingTable?, md: SourceMetadata, mapped: MappedMetadata,
-                series: TIFFSeries, warnings: [String], sha: String, reused: Bool = true) throws(Failure) -> Report {
+                series: TIFFSeries, warnings: [String], sha: String, reused: Bool = true, digest: FileDigest? = nil) throws(Failure) -> Report {
         let d: FileDigest
-        do { d = try FileHasher.sha256(path: target) } catch { throw Failure(error.description, retryable: true) }
+        if let digest { d = digest } else {
+            do { d = try FileHasher.sha256(path: target) } catch { throw Failure(error.description, retryable: true) }
+        }
         let p = series.page
         let shape = series.pages.count > 1 ? [series.pages.count, p.height, p.width] : [p.height, p.width]
         return Report(input: input, output: target, mapping: table?.name, mappingFile: table?.file, shape: shape,
@@ -373,5 +398,40 @@ public struct TIFFToNXem: Sendable {
 
     static func uri(_ path: String) -> String {
         "file://" + (path.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? path)
+    }
+}
+
+/// Phase timings of one conversion on stderr when EMFLOW_PROFILE is set (for benchmarks).
+struct PhaseClock {
+    let enabled: Bool
+    var last = Date()
+    var phases: [(String, Double)] = []
+    init(enabled: Bool) { self.enabled = enabled }
+    mutating func mark(_ name: String) {
+        guard enabled else { return }
+        let now = Date(); phases.append((name, now.timeIntervalSince(last))); last = now
+    }
+    func report(_ input: String) {
+        guard enabled else { return }
+        let text = phases.map { "\($0.0) \(String(format: "%.1f", $0.1 * 1000)) ms" }.joined(separator: ", ")
+        FileHandle.standardError.write(Data("profile \(input): \(text)\n".utf8))
+    }
+}
+
+/// Work started on its own thread now, whose result is taken later (e.g. a checksum beside decoding).
+final class BackgroundTask<T: Sendable>: Sendable {
+    let result = Mutex<T?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    init(_ work: @escaping @Sendable () -> T) {
+        Thread.detachNewThread { [self] in
+            let r = work()
+            result.withLock { $0 = r }
+            done.signal()
+        }
+    }
+    func wait() -> T {
+        done.wait()
+        done.signal()   // later waits return at once
+        return result.withLock { $0! }
     }
 }
