@@ -31,12 +31,7 @@ struct ConvertCommand: ParsableCommand {
     }
 
     func run() throws {
-        let dir = mappings ?? ConvertStage.defaultMappingsDirectory()
-        let set: MappingSet
-        do { set = try MappingSet.load(directory: dir, hash: SHA256Hasher.hash) } catch {
-            printError("emflow convert: \(error)")
-            throw ExitCode(Exit.usage)
-        }
+        let set = try loadMappings(mappings, command: "convert")
         var options = TIFFToNXem.Options(mappings: set)
         options.mapping = mapping
         options.unmapped = unmapped == "keep" ? .keep : .fail
@@ -78,12 +73,8 @@ struct MappingsCommand: ParsableCommand {
     struct Listed: Encodable { var name: String; var file: String; var sha256: String; var description: String; var rules: Int; var match: [String] }
 
     func run() throws {
-        let dir = directory ?? ConvertStage.defaultMappingsDirectory()
-        let set: MappingSet
-        do { set = try MappingSet.load(directory: dir, hash: SHA256Hasher.hash) } catch {
-            printError("emflow mappings: \(error)")
-            throw ExitCode(Exit.usage)
-        }
+        let set = try loadMappings(directory, command: "mappings")
+        let dir = set.directory
         if let file {
             let md: SourceMetadata
             do { md = try MetadataReader.read(try TIFFImageFile(path: file), sidecars: MetadataReader.sidecarCandidates(for: file).filter { FileManager.default.fileExists(atPath: $0) }) }
@@ -104,5 +95,14 @@ struct MappingsCommand: ParsableCommand {
         if json { try printJSON(listed); return }
         print("\(listed.count) mapping(s) in \(dir), all valid:")
         for l in listed { print("  \(l.name)  (\(l.rules) rules; matches \(l.match.joined(separator: " and ")))\n      \(l.description)") }
+    }
+}
+
+/// The mapping folder (given, or the default), loaded and checked; a broken mapping is a usage error.
+func loadMappings(_ directory: String?, command: String) throws -> MappingSet {
+    let dir = directory ?? ConvertStage.defaultMappingsDirectory()
+    do { return try MappingSet.load(directory: dir, hash: SHA256Hasher.hash) } catch {
+        printError("emflow \(command): \(error)")
+        throw ExitCode(Exit.usage)
     }
 }

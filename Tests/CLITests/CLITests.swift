@@ -77,14 +77,7 @@ final class CLITests: XCTestCase {
         makeDrop(files: 120, size: 256 * 1024)
         let spec = writeSpec(mode: "copy")
         for delay in [0.15, 0.4, 0.8, 1.2] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: Tools.emflow)
-            p.arguments = ["run", "--quiet", "--jobs", "2", spec]
-            p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
-            try p.run()
-            Thread.sleep(forTimeInterval: delay)
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            try ProcessRunner.killAfter(delay, Tools.emflow, ["run", "--quiet", "--jobs", "2", spec])
         }
         let final = try emflow(["run", "--quiet", "--json", spec])
         XCTAssertEqual(final.status, 0, final.combined)

@@ -36,14 +36,7 @@ final class ConvertCLITests: XCTestCase {
             """)
         let good = fixtures.count * 6
         for delay in [0.5, 1.2] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: Tools.emflow)
-            p.arguments = ["run", "--quiet", "--jobs", "2", spec]
-            p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
-            try p.run()
-            Thread.sleep(forTimeInterval: delay)
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            try ProcessRunner.killAfter(delay, Tools.emflow, ["run", "--quiet", "--jobs", "2", spec])
         }
         let final = try emflow(["run", "--quiet", "--json", spec])
         XCTAssertEqual(final.status, 1, "damaged inputs fail the run: \(final.combined)")

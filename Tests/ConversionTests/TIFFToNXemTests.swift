@@ -239,7 +239,7 @@ print(json.dumps(out))
             default: for _ in 0..<32 { bytes[Int(rng.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: rng.next()) }
             }
             let path = dir.file("m/\(i)-\(name)")
-            FileManager.default.createFile(atPath: path, contents: Data(bytes))
+            _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
             do {
                 converted.append(try conv.convert(input: path, inputSHA256: nil, output: dir.file("out/\(i).nxs")).output)
             } catch {

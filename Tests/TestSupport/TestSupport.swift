@@ -18,7 +18,7 @@ public final class TempDir: @unchecked Sendable {
     public func write(_ rel: String, _ bytes: [UInt8]) -> String {
         let p = file(rel)
         try! FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: p, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: p, contents: Data(bytes))
         return p
     }
 
@@ -133,5 +133,19 @@ public enum Fixtures {
         var files: [String: String] = [:]
         for name in try FileManager.default.contentsOfDirectory(atPath: dir + "/bad") where name.hasSuffix(".tif") { files[name] = dir + "/bad/" + name }
         return files
+    }
+}
+
+extension ProcessRunner {
+    /// Starts `exe args` with its output discarded, and SIGKILLs it after `delay` seconds.
+    public static func killAfter(_ delay: Double, _ exe: String, _ args: [String]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+        try p.run()
+        Thread.sleep(forTimeInterval: delay)
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
     }
 }
