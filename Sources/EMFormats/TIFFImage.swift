@@ -241,6 +241,28 @@ public final class TIFFImageFile {
         }
     }
 
+    /// Where a page's pixels already lie in the file in their decoded form — uncompressed, native byte
+    /// order, one sample per pixel, strips stored one after another — so they can be used without
+    /// decoding. Nil when the page needs libtiff to decode it.
+    public func rawPixelRange(page index: Int) -> Range<Int64>? {
+        let p = pages[index]
+        guard (try? check(p)) != nil, (try? select(index)) != nil else { return nil }
+        guard p.compression == 1, p.samplesPerPixel == 1, !p.tiled, TIFFIsByteSwapped(tif) == 0 else { return nil }
+        var predictor: UInt16 = 1
+        _ = emflow_tiff_get_u16(tif, UInt32(TIFFTAG_PREDICTOR), &predictor)
+        guard predictor == 1 else { return nil }
+        let strips = Int(TIFFNumberOfStrips(tif))
+        guard strips > 0 else { return nil }
+        let start = Int64(TIFFGetStrileOffset(tif, 0))
+        var end = start
+        for s in 0..<strips {
+            guard Int64(TIFFGetStrileOffset(tif, UInt32(s))) == end else { return nil }
+            end += Int64(TIFFGetStrileByteCount(tif, UInt32(s)))
+        }
+        guard start > 0, end - start == Int64(p.decodedBytes), end <= fileSize else { return nil }
+        return start..<end
+    }
+
     /// A tag of the current page (`page`), raw. Numbers of any integer, rational or float type become doubles.
     public func tag(_ id: Int, page: Int = 0) -> TIFFTagValue? {
         guard (try? select(page)) != nil else { return nil }

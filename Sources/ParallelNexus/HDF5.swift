@@ -361,6 +361,15 @@ public final class ArrayDataset {
         guard H5Dwrite(id, type.memoryType, ms, fs, h5Default, data.baseAddress) >= 0 else { throw file.fail("cannot write \(name)") }
     }
 
+    /// Writes one whole chunk as stored bytes, bypassing HDF5's selection and type machinery (only
+    /// for datasets without filters; `data` is exactly one chunk of native-order elements).
+    public func writeChunk(at offset: [Int], _ data: UnsafeRawBufferPointer) throws(ParallelNexusError) {
+        var off = offset.map { hsize_t($0) }
+        guard H5Dwrite_chunk(id, h5Default, 0, &off, data.count, data.baseAddress) >= 0 else {
+            throw file.fail("cannot write chunk \(offset) of \(name)")
+        }
+    }
+
     public func setAttribute(_ name: String, _ value: H5Value) throws(ParallelNexusError) {
         try file.setAttribute(self.name, name, value)
     }

@@ -215,6 +215,27 @@ print(json.dumps(out))
         XCTAssertEqual(try FileHasher.sha256(path: out).sha256, first.outputSHA256, "the first version is untouched")
     }
 
+    /// Uncompressed native-order pixels are written straight from a memory map in whole chunks; a
+    /// last, partial chunk goes through a selection. Both must land exactly.
+    func testMappedPixelsWithAPartialLastChunkRoundTrip() throws {
+        let dir = TempDir("conv"); defer { dir.cleanup() }
+        let tif = dir.file("wide.tif")
+        _ = try NexusValidator.runPython("""
+            import sys; sys.path.insert(0, sys.argv[2]); import emfixtures
+            emfixtures.write_tiff(sys.argv[1], [emfixtures.page("uint16", 20000, 30, seed=3, rows_per_strip=7,
+                description='{"Beam.HV": "15000", "Scan.PixelSize": "1e-9", "Acquisition.Date": "2026-11-10T10:00:00+01:00"}')])
+            """, [tif, Tools.packageRoot + "/examples"])
+        let r = try converter().convert(input: tif, inputSHA256: nil, output: dir.file("wide.nxs"))
+        XCTAssertEqual(r.shape, [30, 20000])
+        let same = try NexusValidator.runPython("""
+            import sys, h5py, numpy, tifffile
+            a = tifffile.imread(sys.argv[1]); b = h5py.File(sys.argv[2])["entry1/measurement/event1/image1/image_2d/real"]
+            print(numpy.array_equal(a, b[()]), b.chunks)
+            """, [tif, r.output])
+        XCTAssertEqual(same.trimmingCharacters(in: .whitespacesAndNewlines), "True (26, 20000)")
+        XCTAssertEqual(try NexusValidator.problems([r.output]), [:])
+    }
+
     /// Mutated fixtures: flipped bytes, truncations, bad tag values. Every one either converts to a
     /// valid file or fails with a message naming the file — never a crash, hang or partial output.
     func testMutatedFixturesNeverCrash() throws {

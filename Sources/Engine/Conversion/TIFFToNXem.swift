@@ -142,14 +142,24 @@ public struct TIFFToNXem: Sendable {
         if version > 1 { warnings.append("\(output) exists from an earlier conversion (other mapping or parameters); wrote version \(version)") }
 
         clock.mark("document")
-        // Decode one-page images before taking the HDF5 lock, so other workers' writes overlap with it.
+        // One-page images: pixels that lie in the file as they are (uncompressed, native order) are
+        // used from a memory map; others are decoded before taking the HDF5 lock, so other workers'
+        // writes overlap with the decoding.
         let single = series.pages.count == 1
-        var pre: UnsafeMutableRawBufferPointer? = nil
-        defer { pre?.deallocate() }
+        var pre: UnsafeRawBufferPointer? = nil
+        var mapped_: MappedFile? = nil
+        var decoded: UnsafeMutableRawBufferPointer? = nil
+        defer { decoded?.deallocate(); withExtendedLifetime(mapped_) {} }
         if single {
-            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: page.decodedBytes, alignment: 64)
-            pre = b
-            do { try file.read(page: series.pages[0], into: b) } catch { throw Failure(error.description) }
+            if let range = file.rawPixelRange(page: series.pages[0]), let m = MappedFile(path: input, size: Int(file.fileSize)) {
+                mapped_ = m
+                pre = UnsafeRawBufferPointer(rebasing: m.bytes[Int(range.lowerBound)..<Int(range.upperBound)])
+            } else {
+                let b = UnsafeMutableRawBufferPointer.allocate(byteCount: page.decodedBytes, alignment: 64)
+                decoded = b
+                do { try file.read(page: series.pages[0], into: b) } catch { throw Failure(error.description) }
+                pre = UnsafeRawBufferPointer(b)
+            }
         }
         let planeBytes = page.width * page.height * page.pixelType!.size
         clock.mark("decode")
@@ -162,8 +172,18 @@ public struct TIFFToNXem: Sendable {
         do {
             try NXemWriter.write(doc, to: target, compression: options.compression) { index, ds in
                 if let pre {
-                    try ds.write(start: [0, 0], count: [page.height, page.width],
-                                 UnsafeRawBufferPointer(rebasing: pre[(index * planeBytes)..<((index + 1) * planeBytes)]))
+                    let plane = UnsafeRawBufferPointer(rebasing: pre[(index * planeBytes)..<((index + 1) * planeBytes)])
+                    let rows = doc.images[index].chunks[0], rowBytes = page.width * page.pixelType!.size
+                    if options.compression == .none {
+                        // Whole chunks go to the file as they are; a last, partial one through a selection.
+                        for r0 in stride(from: 0, to: page.height, by: rows) {
+                            let n = min(rows, page.height - r0)
+                            let part = UnsafeRawBufferPointer(rebasing: plane[(r0 * rowBytes)..<((r0 + n) * rowBytes)])
+                            if n == rows { try ds.writeChunk(at: [r0, 0], part) } else { try ds.write(start: [r0, 0], count: [n, page.width], part) }
+                        }
+                    } else {
+                        try ds.write(start: [0, 0], count: [page.height, page.width], plane)
+                    }
                 } else {
                     let b = UnsafeMutableRawBufferPointer.allocate(byteCount: page.decodedBytes, alignment: 64)
                     defer { b.deallocate() }
@@ -435,3 +455,21 @@ final class BackgroundTask<T: Sendable>: Sendable {
         return result.withLock { $0! }
     }
 }
+
+/// A read-only memory map of a whole file (pages populated up front from the page cache).
+final class MappedFile {
+    let bytes: UnsafeRawBufferPointer
+    init?(path: String, size: Int) {
+        guard size > 0 else { return nil }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0), p != MAP_FAILED else { return nil }
+        bytes = UnsafeRawBufferPointer(start: p, count: size)
+    }
+    deinit { munmap(UnsafeMutableRawPointer(mutating: bytes.baseAddress), bytes.count) }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
