@@ -22,6 +22,7 @@ let libraries: [Target] = [
     .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
     .target(name: "EMFormats", dependencies: ["CTIFF", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
+    .target(name: "S3Stage", dependencies: ["Checksums"], exclude: ["README.md"]),
     .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus"], exclude: ["README.md"]),
 ]
@@ -41,6 +42,7 @@ let tests: [Target] = [
     .testTarget(name: "WorkflowSpecTests", dependencies: ["WorkflowSpec", "TestSupport"]),
     .testTarget(name: "EMFormatsTests", dependencies: ["EMFormats", "Checksums", "TestSupport"]),
     .testTarget(name: "ConversionTests", dependencies: ["Engine", "EMFormats", "ParallelNexus", "Checksums", "TestSupport"]),
+    .testTarget(name: "S3StageTests", dependencies: ["S3Stage"]),
     .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),

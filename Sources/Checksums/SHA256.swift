@@ -132,3 +132,25 @@ public enum ChecksumError: Error, CustomStringConvertible, Sendable {
         }
     }
 }
+
+/// HMAC-SHA256 (OpenSSL), for request signing.
+public enum HMACSHA256 {
+    public static func mac(key: [UInt8], _ data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var len: UInt32 = 0
+        _ = key.withUnsafeBytes { k in
+            data.withUnsafeBytes { d in
+                HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), d.baseAddress?.assumingMemoryBound(to: UInt8.self), d.count, &out, &len)
+            }
+        }
+        return out
+    }
+
+    /// Raw SHA-256 digest bytes of `data`.
+    public static func sha256(_ data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var len: UInt32 = 0
+        data.withUnsafeBytes { d in _ = EVP_Digest(d.baseAddress, d.count, &out, &len, EVP_sha256(), nil) }
+        return out
+    }
+}
