@@ -42,7 +42,7 @@ let tests: [Target] = [
     .testTarget(name: "WorkflowSpecTests", dependencies: ["WorkflowSpec", "TestSupport"]),
     .testTarget(name: "EMFormatsTests", dependencies: ["EMFormats", "Checksums", "TestSupport"]),
     .testTarget(name: "ConversionTests", dependencies: ["Engine", "EMFormats", "ParallelNexus", "Checksums", "TestSupport"]),
-    .testTarget(name: "S3StageTests", dependencies: ["S3Stage"]),
+    .testTarget(name: "S3StageTests", dependencies: ["S3Stage", "Checksums", "TestSupport"]),
     .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),
