@@ -154,7 +154,6 @@ public struct MappingTable: Sendable {
             throw fail(top["fields"] ?? root, "\"fields\" (a list of rules) is required")
         }
         var rules: [Rule] = []
-        var targets = Set<String>()
         for f in fields {
             guard case .mapping(let fm) = f else { throw fail(f, "each field rule is an object with \"to\" and \"from\" or \"value\"") }
             for (k, _) in fm where !ruleKeys.contains(k.string ?? "") {
@@ -214,9 +213,7 @@ public struct MappingTable: Sendable {
                 let outs = r.value.map { [$0] } ?? Array((r.map ?? [:]).values)
                 if let bad = outs.first(where: { !allowed.contains($0) }) { throw fail(toNode, "\(to) must be one of \(allowed.joined(separator: ", ")), not '\(bad)'") }
             }
-            if !targets.insert(to).inserted {
-                // Several rules for one target are alternatives, tried in order.
-            }
+            // Several rules for one target are alternatives, tried in order (see apply).
             rules.append(r)
         }
         return MappingTable(name: name, description: top["description"]?.string ?? "", file: file, sha256: sha256,

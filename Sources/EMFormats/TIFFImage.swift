@@ -147,6 +147,8 @@ public final class TIFFImageFile {
 
     func select(_ index: Int) throws(EMFormatsError) {
         emflow_tiff_clear_error()
+        // TIFFSetDirectory re-reads the directory (walking from the first page): skip it when already there.
+        if index >= 0, index < pages.count, Int(TIFFCurrentDirectory(tif)) == index { return }
         guard index >= 0, index < pages.count, TIFFSetDirectory(tif, UInt32(index)) == 1 else {
             throw Self.failure(path, "cannot read page \(index)")
         }

@@ -100,12 +100,11 @@ public enum HDF5Library {
         }
     }
 
-    public static var version: String {
-        serialized {
-            var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
-            H5get_libversion(&a, &b, &c)
-            return "\(a).\(b).\(c)"
-        }
+    /// The library's version, asked once (it is written into every file).
+    public static let version: String = serialized {
+        var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
+        H5get_libversion(&a, &b, &c)
+        return "\(a).\(b).\(c)"
     }
 
     /// Whether a filter (by id) can be used, e.g. 32008 for bitshuffle.

@@ -142,9 +142,9 @@ public struct ConvertStage: Stage {
         let output = outputPath(for: input, fields: fields, itemID: task.itemID, ctx: ctx)
         do { try makeDirectories(Path.directory(of: output)) } catch { throw StageError(error) }
         AtomicFile.removeStaleTemporaries(in: Path.directory(of: output))
-        // Sidecars next to the original travel with the conversion when ingest moved only the image.
         let report: TIFFToNXem.Report
         do {
+            // Sidecars next to the original count too, when ingest moved only the image.
             report = try TIFFToNXem(options: options).convert(input: input.path, inputSHA256: input.sha256 ?? task.recordedSHA256, output: output,
                                                               extraSidecars: Self.sidecars(for: input, item: task.item))
         } catch {
