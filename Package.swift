@@ -11,6 +11,9 @@ let cModules: [Target] = [
         name: "CTIFF", path: "Sources/CTIFF", pkgConfig: "libtiff-4",
         providers: [.apt(["libtiff-dev"])]),
     .systemLibrary(
+        name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
+        providers: [.apt(["libcurl4-openssl-dev"])]),
+    .systemLibrary(
         name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi",
         providers: [.apt(["libhdf5-openmpi-dev", "libopenmpi-dev"])]),
 ]
@@ -22,16 +25,16 @@ let libraries: [Target] = [
     .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
     .target(name: "EMFormats", dependencies: ["CTIFF", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
-    .target(name: "S3Stage", dependencies: ["Checksums"], exclude: ["README.md"]),
+    .target(name: "S3Stage", dependencies: ["CCurl", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles"], exclude: ["README.md"]),
-    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus"], exclude: ["README.md"]),
+    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage"], exclude: ["README.md"]),
 ]
 
 // MARK: - Executables
 let executables: [Target] = [
     .executableTarget(
         name: "emflow",
-        dependencies: ["Engine", "WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats",
+        dependencies: ["Engine", "WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "S3Stage",
                        .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 ]
 
@@ -42,7 +45,7 @@ let tests: [Target] = [
     .testTarget(name: "WorkflowSpecTests", dependencies: ["WorkflowSpec", "TestSupport"]),
     .testTarget(name: "EMFormatsTests", dependencies: ["EMFormats", "Checksums", "TestSupport"]),
     .testTarget(name: "ConversionTests", dependencies: ["Engine", "EMFormats", "ParallelNexus", "Checksums", "TestSupport"]),
-    .testTarget(name: "S3StageTests", dependencies: ["S3Stage", "Checksums", "TestSupport"]),
+    .testTarget(name: "S3StageTests", dependencies: ["S3Stage", "Checksums", "POSIXFiles", "TestSupport"]),
     .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),

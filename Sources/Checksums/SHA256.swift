@@ -1,14 +1,16 @@
 internal import CCrypto
 import POSIXFiles
 
-/// A streaming SHA-256 over OpenSSL's EVP interface. Owns its context; not shareable between threads.
-public struct SHA256Hasher: ~Copyable {
+/// A streaming digest over OpenSSL's EVP interface. Owns its context; not shareable between threads.
+public struct Digester: ~Copyable {
+    public enum Algorithm: Sendable { case sha256, md5 }
     private let ctx: OpaquePointer
 
-    public init() {
-        guard let c = EVP_MD_CTX_new(), EVP_DigestInit_ex(c, EVP_sha256(), nil) == 1 else {
+    public init(_ algorithm: Algorithm) {
+        let md = algorithm == .sha256 ? EVP_sha256() : EVP_md5()
+        guard let c = EVP_MD_CTX_new(), EVP_DigestInit_ex(c, md, nil) == 1 else {
             // Only fails when OpenSSL itself is broken or out of memory: nothing a caller can handle.
-            fatalError("OpenSSL could not initialise SHA-256")
+            fatalError("OpenSSL could not initialise a digest")
         }
         ctx = c
     }
@@ -20,17 +22,42 @@ public struct SHA256Hasher: ~Copyable {
         EVP_DigestUpdate(ctx, bytes.baseAddress, bytes.count)
     }
 
+    /// The raw digest; the digester cannot be used afterwards.
+    public consuming func finalizeBytes() -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var len: UInt32 = 0
+        EVP_DigestFinal_ex(ctx, &out, &len)
+        return Array(out.prefix(Int(len)))
+    }
+
+    public static func digest(_ algorithm: Algorithm, _ bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        var d = Digester(algorithm)
+        d.update(bytes)
+        return d.finalizeBytes()
+    }
+
+    public static func digest(_ algorithm: Algorithm, _ bytes: [UInt8]) -> [UInt8] {
+        bytes.withUnsafeBytes { digest(algorithm, $0) }
+    }
+}
+
+/// A streaming SHA-256 (EVP picks the SHA-NI/AVX2 code paths that make `openssl dgst` fast).
+public struct SHA256Hasher: ~Copyable {
+    private var d = Digester(.sha256)
+
+    public init() {}
+
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) { d.update(bytes) }
+
     public mutating func update(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { update($0) }
     }
 
     /// The digest as lowercase hex; the hasher cannot be used afterwards.
-    public consuming func finalize() -> String {
-        var out = [UInt8](repeating: 0, count: 32)
-        var len: UInt32 = 0
-        EVP_DigestFinal_ex(ctx, &out, &len)
-        return hex(out)
-    }
+    public consuming func finalize() -> String { hex(d.finalizeBytes()) }
+
+    /// The raw 32 digest bytes.
+    public consuming func finalizeBytes() -> [UInt8] { d.finalizeBytes() }
 
     public static func hash(_ bytes: [UInt8]) -> String {
         var h = SHA256Hasher()
@@ -147,10 +174,5 @@ public enum HMACSHA256 {
     }
 
     /// Raw SHA-256 digest bytes of `data`.
-    public static func sha256(_ data: [UInt8]) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: 32)
-        var len: UInt32 = 0
-        data.withUnsafeBytes { d in _ = EVP_Digest(d.baseAddress, d.count, &out, &len, EVP_sha256(), nil) }
-        return out
-    }
+    public static func sha256(_ data: [UInt8]) -> [UInt8] { Digester.digest(.sha256, data) }
 }

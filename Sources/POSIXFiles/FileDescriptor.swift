@@ -98,6 +98,41 @@ public struct FileDescriptor: ~Copyable {
         try bytes.withUnsafeBytes { b in Result { () throws(POSIXFileError) in try writeAll(b) } }.get()
     }
 
+    /// Writes all of `bytes` at `offset` (pwrite), without moving the file position: several threads
+    /// may fill different ranges of one file.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(POSIXFileError) {
+        var done = 0
+        while done < bytes.count {
+            let n = retryingEINTR { pwrite(rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
+            guard n > 0 else { throw POSIXFileError("write", path: path, errno: n == 0 ? EIO : errno) }
+            done += n
+        }
+    }
+
+    /// Reads exactly `buffer.count` bytes at `offset` (pread); a shorter file is an error.
+    public func readFull(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(POSIXFileError) {
+        var done = 0
+        while done < buffer.count {
+            let n = retryingEINTR { pread(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
+            guard n >= 0 else { throw POSIXFileError("read", path: path, errno: errno) }
+            guard n > 0 else { throw POSIXFileError("read (file shorter than expected)", path: path, errno: EIO) }
+            done += n
+        }
+    }
+
+    /// Reserves `size` bytes on disk up front, so a large download fails at once on a full file system
+    /// rather than after hours; file systems without fallocate (some network ones) just get the size.
+    public func preallocate(_ size: Int64) throws(POSIXFileError) {
+        guard size > 0 else { return }
+        let r = posix_fallocate(rawValue, 0, off_t(size))
+        if r == 0 { return }
+        if r == EOPNOTSUPP || r == EINVAL {
+            guard ftruncate(rawValue, off_t(size)) == 0 else { throw POSIXFileError("truncate", path: path, errno: errno) }
+            return
+        }
+        throw POSIXFileError("allocate \(size) bytes for", path: path, errno: r)
+    }
+
     public func sync() throws(POSIXFileError) {
         guard retryingEINTR({ fsync(rawValue) }) == 0 else { throw POSIXFileError("fsync", path: path, errno: errno) }
     }

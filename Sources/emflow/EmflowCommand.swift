@@ -20,7 +20,7 @@ struct Emflow: ParsableCommand {
             """,
         version: EmflowVersion.current,
         subcommands: [RunCommand.self, ValidateCommand.self, StatusCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
-                      ChecksumCommand.self, InspectCommand.self, StagesCommand.self, VersionCommand.self])
+                      ChecksumCommand.self, InspectCommand.self, S3Command.self, StagesCommand.self, VersionCommand.self])
 }
 
 /// Exit codes, documented in `emflow --help` and README.

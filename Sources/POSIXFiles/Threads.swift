@@ -1,0 +1,30 @@
+import Foundation
+import Synchronization
+
+/// A fixed number of plain threads working through `0..<count`. Work here is blocking I/O (files,
+/// sockets), so it runs on threads of its own rather than blocking Swift's cooperative pool, and
+/// `width` may exceed the core count.
+public enum ParallelThreads {
+    /// Runs `body(worker, index)` for every index; `shouldStop` is checked before each index.
+    public static func run(count: Int, width: Int, shouldStop: @escaping @Sendable () -> Bool = { false },
+                           _ body: @escaping @Sendable (_ worker: Int, _ index: Int) -> Void) {
+        guard count > 0 else { return }
+        let next = Atomic<Int>(0)
+        let n = max(1, min(width, count))
+        let done = DispatchGroup()
+        for w in 0..<n {
+            done.enter()
+            let t = Thread {
+                while !shouldStop() {
+                    let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    if i >= count { break }
+                    body(w, i)
+                }
+                done.leave()
+            }
+            t.stackSize = 4 << 20
+            t.start()
+        }
+        done.wait()
+    }
+}

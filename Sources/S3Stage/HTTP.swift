@@ -1,0 +1,174 @@
+internal import CCurl
+import Foundation
+import Synchronization
+
+/// TLS and timeout settings every request of a client shares.
+public struct HTTPSettings: Sendable {
+    /// A PEM bundle of CA certificates (AWS_CA_BUNDLE); nil = the system's.
+    public var caBundle: String? = nil
+    /// Skips TLS verification: only when a spec says `insecure: true`.
+    public var insecure = false
+    public var connectTimeout = 10
+    /// A transfer slower than 1 byte/s for this long is a stall (then retried).
+    public var stallSeconds = 60
+    public init() {}
+}
+
+/// One HTTP exchange's outcome. Header names are lowercase.
+struct HTTPResponse {
+    var status: Int
+    var headers: [String: String]
+    /// The body, unless a sink took it (error bodies are always kept here).
+    var body: [UInt8]
+}
+
+/// A failure below HTTP: refused or reset connection, timeout, TLS.
+struct TransportError: Error {
+    var code: Int
+    var message: String
+    /// Connection-level failures that a new attempt may not meet.
+    var retryable: Bool {
+        switch CURLcode(UInt32(code)) {
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_OPERATION_TIMEDOUT, CURLE_SEND_ERROR, CURLE_RECV_ERROR,
+             CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE, CURLE_HTTP2, CURLE_HTTP2_STREAM, CURLE_SSL_CONNECT_ERROR: return true
+        default: return false
+        }
+    }
+}
+
+/// State the C callbacks reach through their user pointer.
+private final class Exchange {
+    var body: UnsafeRawBufferPointer
+    var sent = 0
+    var status = 0
+    var headers: [String: String] = [:]
+    var sink: ((UnsafeRawBufferPointer) -> Bool)?
+    var collected: [UInt8] = []
+    var sinkRefused = false
+    init(body: UnsafeRawBufferPointer, sink: ((UnsafeRawBufferPointer) -> Bool)?) { self.body = body; self.sink = sink }
+}
+
+private let headerCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, n, user in
+    let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
+    let count = size * n
+    let line = String(decoding: UnsafeRawBufferPointer(start: ptr, count: count), as: UTF8.self)
+        .trimmingCharacters(in: [" ", "\r", "\n", "\t"])
+    if line.hasPrefix("HTTP/") {
+        // A new response (after 100 Continue or a redirect): start over.
+        let parts = line.split(separator: " ")
+        ex.status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+        ex.headers = [:]
+    } else if let colon = line.firstIndex(of: ":") {
+        let name = line[..<colon].lowercased()
+        let value = line[line.index(after: colon)...].trimmingCharacters(in: [" ", "\t"])
+        ex.headers[name] = ex.headers[name].map { $0 + "," + value } ?? value
+    }
+    return count
+}
+
+private let writeCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, n, user in
+    let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
+    let count = size * n
+    let chunk = UnsafeRawBufferPointer(start: ptr, count: count)
+    if (200..<300).contains(ex.status), let sink = ex.sink {
+        if !sink(chunk) { ex.sinkRefused = true; return 0 }
+    } else if ex.collected.count < 1 << 20 {
+        ex.collected.append(contentsOf: chunk)
+    }
+    return count
+}
+
+private let readCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, n, user in
+    let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
+    let want = min(size * n, ex.body.count - ex.sent)
+    guard want > 0 else { return 0 }
+    UnsafeMutableRawPointer(ptr!).copyMemory(from: ex.body.baseAddress! + ex.sent, byteCount: want)
+    ex.sent += want
+    return want
+}
+
+private let curlReady: Bool = emflow_curl_global_init() == CURLE_OK
+
+/// One libcurl easy handle. Reusing it between requests keeps its connection alive (no new TCP or TLS
+/// handshake per object). Used by one thread at a time (the pool hands it out).
+final class CurlHandle: @unchecked Sendable {
+    private let h: UnsafeMutableRawPointer
+    private var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+
+    init?() {
+        guard curlReady, let h = curl_easy_init() else { return nil }
+        self.h = h
+    }
+
+    deinit { curl_easy_cleanup(h) }
+
+    /// Performs one request. `body` must stay valid for the call. `sink` receives a 2xx body as it
+    /// arrives (return false to abort); without one the body is collected.
+    func perform(method: String, url: String, headers: [(String, String)], body: UnsafeRawBufferPointer?,
+                 settings: HTTPSettings, sink: ((UnsafeRawBufferPointer) -> Bool)?) throws(TransportError) -> HTTPResponse {
+        curl_easy_reset(h)
+        let ex = Exchange(body: body ?? UnsafeRawBufferPointer(start: nil, count: 0), sink: sink)
+        let user = Unmanaged.passUnretained(ex).toOpaque()
+        var list: UnsafeMutablePointer<curl_slist>? = nil
+        // No "Expect: 100-continue" round trip before each upload.
+        for line in headers.map({ "\($0.0): \($0.1)" }) + ["Expect:"] { list = curl_slist_append(list, line) }
+        defer { curl_slist_free_all(list) }
+        let code: CURLcode = errorBuffer.withUnsafeMutableBufferPointer { eb in
+            eb[0] = 0
+            emflow_curl_setopt_str(h, CURLOPT_URL, url)
+            emflow_curl_setopt_long(h, CURLOPT_NOSIGNAL, 1)
+            emflow_curl_setopt_ptr(h, CURLOPT_ERRORBUFFER, eb.baseAddress)
+            emflow_curl_setopt_slist(h, CURLOPT_HTTPHEADER, list)
+            emflow_curl_setopt_long(h, CURLOPT_CONNECTTIMEOUT, settings.connectTimeout)
+            emflow_curl_setopt_long(h, CURLOPT_LOW_SPEED_LIMIT, 1)
+            emflow_curl_setopt_long(h, CURLOPT_LOW_SPEED_TIME, settings.stallSeconds)
+            emflow_curl_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
+            emflow_curl_setopt_long(h, CURLOPT_BUFFERSIZE, 512 * 1024)
+            emflow_curl_setopt_long(h, CURLOPT_UPLOAD_BUFFERSIZE, 2 * 1024 * 1024)
+            if let ca = settings.caBundle { emflow_curl_setopt_str(h, CURLOPT_CAINFO, ca) }
+            if settings.insecure {
+                emflow_curl_setopt_long(h, CURLOPT_SSL_VERIFYPEER, 0)
+                emflow_curl_setopt_long(h, CURLOPT_SSL_VERIFYHOST, 0)
+            }
+            emflow_curl_setopt_data_cb(h, CURLOPT_HEADERFUNCTION, headerCallback)
+            emflow_curl_setopt_ptr(h, CURLOPT_HEADERDATA, user)
+            emflow_curl_setopt_data_cb(h, CURLOPT_WRITEFUNCTION, writeCallback)
+            emflow_curl_setopt_ptr(h, CURLOPT_WRITEDATA, user)
+            switch method {
+            case "GET": break
+            case "HEAD": emflow_curl_setopt_long(h, CURLOPT_NOBODY, 1)
+            default:
+                if body != nil || method == "PUT" {
+                    emflow_curl_setopt_long(h, CURLOPT_UPLOAD, 1)
+                    emflow_curl_setopt_off(h, CURLOPT_INFILESIZE_LARGE, curl_off_t(ex.body.count))
+                    emflow_curl_setopt_data_cb(h, CURLOPT_READFUNCTION, readCallback)
+                    emflow_curl_setopt_ptr(h, CURLOPT_READDATA, user)
+                }
+                if method != "PUT" { emflow_curl_setopt_str(h, CURLOPT_CUSTOMREQUEST, method) }
+            }
+            return curl_easy_perform(h)
+        }
+        withExtendedLifetime(ex) {}
+        if code != CURLE_OK {
+            let detail = String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let text = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
+            throw TransportError(code: Int(code.rawValue), message: ex.sinkRefused ? "the download was stopped: \(text)" : text)
+        }
+        return HTTPResponse(status: ex.status, headers: ex.headers, body: ex.collected)
+    }
+}
+
+/// Easy handles kept for reuse, so each worker thread finds a warm connection.
+final class HandlePool: Sendable {
+    private let idle = Mutex<[CurlHandle]>([])
+
+    func withHandle<T>(_ body: (CurlHandle) throws(S3Error) -> T) throws(S3Error) -> T {
+        let taken = idle.withLock { $0.popLast() }
+        guard let h = taken ?? CurlHandle() else {
+            throw S3Error(operation: "connect", bucket: nil, key: nil, status: nil, code: nil,
+                          message: "libcurl could not be initialised", hint: "check the libcurl installation (pkg-config libcurl)")
+        }
+        defer { idle.withLock { if $0.count < 64 { $0.append(h) } } }
+        return try body(h)
+    }
+}
