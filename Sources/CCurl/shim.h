@@ -12,6 +12,8 @@ static inline CURLcode emflow_curl_setopt_str(CURL *h, CURLoption o, const char 
 static inline CURLcode emflow_curl_setopt_off(CURL *h, CURLoption o, curl_off_t v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode emflow_curl_setopt_slist(CURL *h, CURLoption o, struct curl_slist *v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode emflow_curl_setopt_data_cb(CURL *h, CURLoption o, emflow_curl_data_cb cb) { return curl_easy_setopt(h, o, cb); }
+typedef int (*emflow_curl_seek_cb)(void *userdata, curl_off_t offset, int origin);
+static inline CURLcode emflow_curl_setopt_seek_cb(CURL *h, emflow_curl_seek_cb cb) { return curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, cb); }
 static inline CURLcode emflow_curl_getinfo_long(CURL *h, CURLINFO i, long *v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLcode emflow_curl_getinfo_off(CURL *h, CURLINFO i, curl_off_t *v) { return curl_easy_getinfo(h, i, v); }
 static inline size_t emflow_curl_readfunc_abort(void) { return CURL_READFUNC_ABORT; }

@@ -28,11 +28,9 @@ struct TransportError: Error {
     var message: String
     /// Connection-level failures that a new attempt may not meet.
     var retryable: Bool {
-        switch CURLcode(UInt32(code)) {
-        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_OPERATION_TIMEDOUT, CURLE_SEND_ERROR, CURLE_RECV_ERROR,
-             CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE, CURLE_HTTP2, CURLE_HTTP2_STREAM, CURLE_SSL_CONNECT_ERROR: return true
-        default: return false
-        }
+        // couldn't resolve/connect, HTTP/2 errors, partial file, timeout, TLS connect, got nothing,
+        // send/recv errors (resets), rewind failed, HTTP/2 stream
+        [6, 7, 16, 18, 28, 35, 52, 55, 56, 65, 92].contains(code)
     }
 }
 
@@ -85,6 +83,14 @@ private let readCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int
     UnsafeMutableRawPointer(ptr!).copyMemory(from: ex.body.baseAddress! + ex.sent, byteCount: want)
     ex.sent += want
     return want
+}
+
+/// libcurl resends a body when a reused connection turns out dead: start the body over.
+private let seekCallback: @convention(c) (UnsafeMutableRawPointer?, curl_off_t, Int32) -> Int32 = { user, offset, origin in
+    let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
+    guard origin == SEEK_SET, offset >= 0, Int(offset) <= ex.body.count else { return 2 }  // CURL_SEEKFUNC_CANTSEEK
+    ex.sent = Int(offset)
+    return 0
 }
 
 private let curlReady: Bool = emflow_curl_global_init() == CURLE_OK
@@ -143,6 +149,8 @@ final class CurlHandle: @unchecked Sendable {
                     emflow_curl_setopt_off(h, CURLOPT_INFILESIZE_LARGE, curl_off_t(ex.body.count))
                     emflow_curl_setopt_data_cb(h, CURLOPT_READFUNCTION, readCallback)
                     emflow_curl_setopt_ptr(h, CURLOPT_READDATA, user)
+                    emflow_curl_setopt_seek_cb(h, seekCallback)
+                    emflow_curl_setopt_ptr(h, CURLOPT_SEEKDATA, user)
                 }
                 if method != "PUT" { emflow_curl_setopt_str(h, CURLOPT_CUSTOMREQUEST, method) }
             }

@@ -107,9 +107,9 @@ public struct S3Config: Sendable {
         let chosen = endpointCandidates.first { ($0.0 ?? "").isEmpty == false }
         let custom = chosen != nil
         let endpoint = chosen?.0 ?? "https://s3.\(region).amazonaws.com"
+        if let chosen { _ = try parseEndpoint(endpoint, source: chosen.1) }
         var c = try S3Config(endpoint: endpoint, region: region, credentials: credentials,
                              addressing: o.addressing ?? (custom ? .path : .virtual))
-        if let chosen { _ = try parseEndpoint(endpoint, source: chosen.1) }
         c.credentialSource = source
         c.http.caBundle = o.caBundle ?? env["AWS_CA_BUNDLE"] ?? fromProfile("ca_bundle")
         c.http.insecure = o.insecure ?? false

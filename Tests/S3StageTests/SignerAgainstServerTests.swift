@@ -8,23 +8,7 @@ import TestSupport
 /// Requests are sent with curl(1) carrying emflow's own Authorization header, so what is tested is
 /// the signature: encoding of keys with spaces and non-ASCII, payload hashes, presigned URLs.
 final class SignerAgainstServerTests: XCTestCase {
-    nonisolated(unsafe) static var dir: TempDir?
-    nonisolated(unsafe) static var env: [String: String] = [:]
-
-    override class func setUp() {
-        let d = TempDir("s3srv")
-        guard let out = try? ProcessRunner.run(Tools.packageRoot + "/scripts/s3-server", ["start", d.path]), out.status == 0,
-              let text = try? String(contentsOfFile: d.file("state.env"), encoding: .utf8) else { return }
-        dir = d
-        for line in text.split(separator: "\n") {
-            let kv = line.split(separator: "=", maxSplits: 1)
-            if kv.count == 2 { env[String(kv[0])] = String(kv[1]) }
-        }
-    }
-
-    override class func tearDown() {
-        if let d = dir { _ = try? ProcessRunner.run(Tools.packageRoot + "/scripts/s3-server", ["stop", d.path]); d.cleanup() }
-    }
+    static var env: [String: String] { S3TestServer.shared?.environment ?? [:] }
 
     func amzDate() -> String {
         let f = DateFormatter(); f.locale = Locale(identifier: "en_US_POSIX"); f.timeZone = TimeZone(identifier: "UTC")
@@ -54,7 +38,7 @@ final class SignerAgainstServerTests: XCTestCase {
     }
 
     func testSignedRequestsWorkOnARealServerAndAWrongSecretIsRefused() throws {
-        guard Self.dir != nil else { return XCTFail("the S3 test server did not start: run scripts/s3-server start DIR to see why") }
+        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
         let bucket = "emflow-sig-\(UInt32.random(in: 0...UInt32.max))"
         XCTAssertEqual(try send("PUT", "/\(bucket)").0, 200)
         let data = Array("pixels and metadata".utf8)

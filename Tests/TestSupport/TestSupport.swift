@@ -149,3 +149,66 @@ extension ProcessRunner {
         p.waitUntilExit()
     }
 }
+
+/// One real S3 server (scripts/s3-server: SeaweedFS on 127.0.0.1, signatures enforced) for the whole
+/// test process, started on first use and stopped by its PID when the process exits. Each test makes
+/// its own bucket.
+public final class S3TestServer: @unchecked Sendable {
+    public let directory: String
+    public let environment: [String: String]
+    public var endpoint: String { environment["S3_ENDPOINT"]! }
+    public var accessKey: String { environment["AWS_ACCESS_KEY_ID"]! }
+    public var secretKey: String { environment["AWS_SECRET_ACCESS_KEY"]! }
+    public static let script = Tools.packageRoot + "/scripts/s3-server"
+
+    /// nil (with `startError` saying why) when the server could not start.
+    nonisolated(unsafe) public static var startError = ""
+    public static let shared: S3TestServer? = {
+        let dir = NSTemporaryDirectory() + "emflow-s3-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        guard let out = try? ProcessRunner.run(script, ["start", dir]), out.status == 0,
+              let text = try? String(contentsOfFile: dir + "/state.env", encoding: .utf8) else {
+            startError = "scripts/s3-server start failed; run it by hand to see why (scripts/bootstrap installs the server)"
+            return nil
+        }
+        var env: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let kv = line.split(separator: "=", maxSplits: 1)
+            if kv.count == 2 { env[String(kv[0])] = String(kv[1]) }
+        }
+        let server = S3TestServer(directory: dir, environment: env)
+        atexit { S3TestServer.shared?.stopForGood() }
+        return server
+    }()
+
+    init(directory: String, environment: [String: String]) { self.directory = directory; self.environment = environment }
+
+    /// Kills the server as a crash would (SIGKILL).
+    public func crash() { _ = try? ProcessRunner.run(Self.script, ["kill", directory]) }
+    /// Starts it again on the same data, ports and credentials.
+    @discardableResult
+    public func restart() -> Bool { (try? ProcessRunner.run(Self.script, ["start", directory]))?.status == 0 }
+
+    func stopForGood() {
+        _ = try? ProcessRunner.run(Self.script, ["stop", directory])
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// A fresh bucket name for a test.
+    public static func bucketName(_ label: String) -> String {
+        "emflow-\(label)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))".lowercased()
+    }
+
+    /// The environment for a child process (emflow, aws, s5cmd) that should use this server.
+    public func childEnvironment(extra: [String: String] = [:]) -> [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        for k in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE", "AWS_ENDPOINT_URL_S3"] { env[k] = nil }
+        env["AWS_ACCESS_KEY_ID"] = accessKey
+        env["AWS_SECRET_ACCESS_KEY"] = secretKey
+        env["AWS_REGION"] = "us-east-1"
+        env["AWS_ENDPOINT_URL"] = endpoint
+        env["S3_ENDPOINT_URL"] = endpoint
+        env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+        env["AWS_CONFIG_FILE"] = "/nonexistent"
+        return env.merging(extra) { _, b in b }
+    }
+}

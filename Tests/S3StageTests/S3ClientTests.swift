@@ -1,0 +1,241 @@
+import XCTest
+import Foundation
+import Synchronization
+import S3Stage
+import Checksums
+import POSIXFiles
+import TestSupport
+
+/// emflow's S3 client against a real server (SeaweedFS, signatures enforced), cross-checked with a
+/// second client (aws cli from .venv), including a server killed mid-transfer.
+final class S3ClientTests: XCTestCase {
+    var server: S3TestServer!
+    var tmp: TempDir!
+
+    override func setUpWithError() throws {
+        guard let s = S3TestServer.shared else { throw XCTSkip("unreachable") }
+        server = s
+        tmp = TempDir("s3client")
+    }
+
+    override func tearDown() { tmp?.cleanup() }
+
+    func client(partSize: Int? = nil, concurrency: Int = 4, attempts: Int = 8, secret: String? = nil, key: String? = nil) throws -> S3Client {
+        var c = try S3Config(endpoint: server.endpoint, credentials: Credentials(accessKeyID: key ?? server.accessKey, secretAccessKey: secret ?? server.secretKey))
+        c.partSize = partSize
+        c.concurrency = concurrency
+        c.attempts = attempts
+        return S3Client(config: c)
+    }
+
+    func random(_ n: Int) -> [UInt8] {
+        guard n > 0, let h = FileHandle(forReadingAtPath: "/dev/urandom") else { return [] }
+        defer { try? h.close() }
+        return Array(h.readData(ofLength: n))
+    }
+
+    /// Runs the aws cli from .venv against the test server.
+    func aws(_ args: [String]) throws -> ProcessOutput {
+        try ProcessRunner.run(Tools.packageRoot + "/.venv/bin/aws", ["--endpoint-url", server.endpoint] + args, environment: server.childEnvironment())
+    }
+
+    func testServerStarted() {
+        XCTAssertNotNil(S3TestServer.shared, S3TestServer.startError)
+    }
+
+    func testRoundTripsOfEmptySmallMultipartAndOddKeysAgreeWithASecondClient() throws {
+        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
+        let c = try client(partSize: 5 << 20)
+        let bucket = S3TestServer.bucketName("rt")
+        try c.createBucket(bucket)
+        try c.createBucket(bucket)   // already ours: fine
+        let big = random(23 << 20 + 12345)
+        let files: [(key: String, bytes: [UInt8])] = [
+            ("empty.bin", []),
+            ("dir with space/ünïcødé µm.tif", Array("small body".utf8)),
+            ("P2026-001/S01/E01/raw/big.tif", big),
+            ("a+b=c&d?e#f.txt", Array("punctuation".utf8)),
+        ]
+        for f in files {
+            let path = tmp.write("up/" + f.key.replacingOccurrences(of: "/", with: "_"), f.bytes)
+            let r = try c.upload(file: path, bucket: bucket, key: f.key)
+            XCTAssertEqual(r.sha256, SHA256Hasher.hash(f.bytes))
+            XCTAssertEqual(r.size, Int64(f.bytes.count))
+        }
+        // Multipart: the ETag says so, and the metadata carries the whole object's SHA-256.
+        let head = try XCTUnwrap(try c.head(bucket: bucket, key: files[2].key))
+        XCTAssertTrue(head.etag.hasSuffix("-5"), head.etag)
+        XCTAssertEqual(head.metadata["sha256"], SHA256Hasher.hash(big))
+        XCTAssertEqual(head.size, Int64(big.count))
+
+        let listed = try c.list(bucket: bucket).objects
+        XCTAssertEqual(Set(listed.map(\.key)), Set(files.map(\.key)))
+        for f in files {
+            let dest = tmp.file("down/" + f.key)
+            let r = try c.download(bucket: bucket, key: f.key, to: dest, known: listed.first { $0.key == f.key })
+            XCTAssertEqual(try readFile(dest), f.bytes, f.key)
+            XCTAssertEqual(r.verifiedBy, "sha256", f.key)
+        }
+        // A second client sees the same bytes and metadata.
+        let check = try aws(["s3api", "head-object", "--bucket", bucket, "--key", files[1].key])
+        XCTAssertTrue(check.stdout.contains(SHA256Hasher.hash(files[1].bytes)), check.combined)
+        let viaAWS = tmp.file("aws-big")
+        let got = try aws(["s3", "cp", "--no-progress", "s3://\(bucket)/\(files[2].key)", viaAWS])
+        XCTAssertEqual(got.status, 0, got.combined)
+        XCTAssertEqual(try FileHasher.sha256(path: viaAWS).sha256, SHA256Hasher.hash(big))
+        // And what it uploads, emflow reads (verified by its MD5 ETag: no sha256 metadata there).
+        let other = tmp.write("by-aws.bin", random(100_000))
+        XCTAssertEqual(try aws(["s3", "cp", "--no-progress", other, "s3://\(bucket)/by-aws.bin"]).status, 0)
+        let r = try c.download(bucket: bucket, key: "by-aws.bin", to: tmp.file("by-aws-down.bin"))
+        XCTAssertEqual(r.verifiedBy, "md5 (etag)")
+        XCTAssertEqual(try readFile(tmp.file("by-aws-down.bin")), try readFile(other))
+    }
+
+    func testListingPaginatesPastOneThousandKeysAndBatchDeleteRemovesThem() throws {
+        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
+        let c = try client()
+        let bucket = S3TestServer.bucketName("page")
+        try c.createBucket(bucket)
+        let keys = (0..<1105).map { String(format: "frames/f%05d.tif", $0) } + ["other/x"]
+        let failures = Mutex<[String]>([])
+        ParallelThreads.run(count: keys.count, width: 16) { _, i in
+            do { try c.put(bucket: bucket, key: keys[i], body: Array(keys[i].utf8)) } catch { failures.withLock { $0.append("\(error)") } }
+        }
+        XCTAssertEqual(failures.withLock { $0 }, [])
+        var pages = 0
+        let listed = try c.list(bucket: bucket, prefix: "frames/", page: { _ in pages += 1 })
+        XCTAssertEqual(pages, 2)
+        XCTAssertEqual(listed.objects.map(\.key), keys.filter { $0.hasPrefix("frames/") }.sorted())
+        let top = try c.list(bucket: bucket, delimiter: "/")
+        XCTAssertEqual(top.prefixes, ["frames/", "other/"])
+        XCTAssertTrue(top.objects.isEmpty)
+        XCTAssertEqual(try c.delete(bucket: bucket, keys: keys).count, 0)
+        XCTAssertEqual(try c.list(bucket: bucket).objects.count, 0)
+    }
+
+    func testErrorsNameTheObjectAndWhatToDoAndNeverTheSecret() throws {
+        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
+        let c = try client()
+        let bucket = S3TestServer.bucketName("err")
+        try c.createBucket(bucket)
+        try c.put(bucket: bucket, key: "k", body: [1, 2, 3])
+
+        let wrongSecret = "not-the-secret-\(UInt32.random(in: 0...UInt32.max))"
+        do {
+            let e = failure { _ = try client(attempts: 1, secret: wrongSecret).list(bucket: bucket) }
+            XCTAssertEqual(e.status, 403); XCTAssertEqual(e.code, "SignatureDoesNotMatch")
+            XCTAssertTrue(e.description.contains("secret"), e.description)
+            XCTAssertFalse(e.description.contains(wrongSecret)); XCTAssertFalse(e.description.contains(server.secretKey))
+            XCTAssertFalse(e.retryable)
+        }
+        do {
+            let e = failure { _ = try client(attempts: 1, key: "NOSUCHKEYID").list(bucket: bucket) }
+            XCTAssertEqual(e.code, "InvalidAccessKeyId"); XCTAssertTrue(e.description.contains(server.endpoint)) }
+
+        do {
+            let e = failure { _ = try c.list(bucket: bucket + "-missing") }
+            XCTAssertEqual(e.code, "NoSuchBucket"); XCTAssertTrue(e.description.contains("s3://\(bucket)-missing/"), e.description)
+        }
+        let dest = tmp.file("never.bin")
+        do {
+            let e = failure { try c.download(bucket: bucket, key: "no/such key", to: dest) }
+            XCTAssertEqual(e.status, 404); XCTAssertTrue(e.description.contains("s3://\(bucket)/no/such key"), e.description)
+        }
+        XCTAssertFalse(tmp.exists(dest))
+        XCTAssertNil(try c.head(bucket: bucket, key: "no/such key"))
+        // Through the command line too: one error line, non-zero exit, no secret.
+        let out = try ProcessRunner.run(Tools.emflow, ["s3", "ls", "s3://\(bucket)/"],
+                                        environment: server.childEnvironment(extra: ["AWS_SECRET_ACCESS_KEY": wrongSecret]))
+        XCTAssertNotEqual(out.status, 0)
+        XCTAssertTrue(out.stderr.contains("SignatureDoesNotMatch") && out.stderr.contains("AWS_SECRET_ACCESS_KEY"), out.stderr)
+        XCTAssertFalse(out.combined.contains(wrongSecret))
+    }
+
+    func testADamagedObjectIsNeverWrittenToTheDestination() throws {
+        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
+        let c = try client(partSize: 5 << 20)
+        let bucket = S3TestServer.bucketName("bad")
+        try c.createBucket(bucket)
+        // Recorded SHA-256 that the content does not have (as if the object were corrupted at rest).
+        try c.put(bucket: bucket, key: "k", body: random(1000), metadata: ["sha256": String(repeating: "ab", count: 32)])
+        let dest = tmp.file("out/k")
+        do {
+            let e = failure { try c.download(bucket: bucket, key: "k", to: dest) }
+            XCTAssertEqual(e.code, "ChecksumMismatch"); XCTAssertTrue(e.description.contains("s3://\(bucket)/k")) }
+        XCTAssertEqual(try listDirectory(tmp.file("out")).count, 0, "no file, no temporary left")
+
+        // An upload whose source does not match the sha256 it is said to have is aborted: no object, no parts.
+        let src = tmp.write("src.bin", random(12 << 20))
+        do {
+            let e = failure { try c.upload(file: src, bucket: bucket, key: "changed.bin", sha256: String(repeating: "0", count: 64)) }
+            XCTAssertEqual(e.code, "SourceChanged") }
+        XCTAssertNil(try c.head(bucket: bucket, key: "changed.bin"))
+        XCTAssertEqual(try c.incompleteUploads(bucket: bucket).count, 0)
+    }
+
+    func testDownloadAndMultipartUploadSurviveTheServerBeingKilledMidTransfer() throws {
+        guard let server = S3TestServer.shared else { return XCTFail(S3TestServer.startError) }
+        let c = try client(partSize: 5 << 20, concurrency: 2)
+        let bucket = S3TestServer.bucketName("crash")
+        try c.createBucket(bucket)
+        let data = random(31 << 20)
+        let src = tmp.write("src.bin", data)
+        try c.upload(file: src, bucket: bucket, key: "stack.bin")
+
+        // Download: the first finished part waits while the server is killed, then restarted.
+        let killed = Atomic<Bool>(false)
+        let dest = tmp.file("down/stack.bin")
+        let r = try c.download(bucket: bucket, key: "stack.bin", to: dest, progress: { _ in
+            if killed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+                server.crash()
+                Thread { Thread.sleep(forTimeInterval: 1.5); server.restart() }.start()
+            }
+        })
+        XCTAssertTrue(killed.load(ordering: .relaxed))
+        XCTAssertEqual(r.sha256, SHA256Hasher.hash(data))
+        XCTAssertEqual(try FileHasher.sha256(path: dest).sha256, SHA256Hasher.hash(data))
+        waitForServer(c, bucket)
+
+        // Multipart upload: killed after the first part; the others are retried; one whole object results.
+        let killed2 = Atomic<Bool>(false)
+        let u = try c.upload(file: src, bucket: bucket, key: "again.bin", progress: { _ in
+            if killed2.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+                server.crash()
+                Thread { Thread.sleep(forTimeInterval: 1.5); server.restart() }.start()
+            }
+        })
+        XCTAssertTrue(killed2.load(ordering: .relaxed))
+        waitForServer(c, bucket)
+        XCTAssertEqual(u.sha256, SHA256Hasher.hash(data))
+        let again = tmp.file("down/again.bin")
+        try c.download(bucket: bucket, key: "again.bin", to: again)
+        XCTAssertEqual(try readFile(again), data)
+        let viaAWS = tmp.file("aws-again")
+        XCTAssertEqual(try aws(["s3", "cp", "--no-progress", "s3://\(bucket)/again.bin", viaAWS]).status, 0)
+        XCTAssertEqual(try FileHasher.sha256(path: viaAWS).sha256, SHA256Hasher.hash(data))
+
+        // A server that stays down: the upload fails clearly and leaves no object behind.
+        server.crash()
+        let quick = try client(partSize: 5 << 20, concurrency: 2, attempts: 2)
+        do {
+            let e = failure { try quick.upload(file: src, bucket: bucket, key: "never.bin") }
+            XCTAssertNil(e.status); XCTAssertTrue(e.description.contains("s3://\(bucket)/never.bin"), e.description) }
+        XCTAssertTrue(server.restart())
+        waitForServer(c, bucket)
+        XCTAssertNil(try c.head(bucket: bucket, key: "never.bin"))
+    }
+
+    /// The S3Error `body` fails with; a test failure if it succeeds or fails otherwise.
+    func failure(file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> Void) -> S3Error {
+        do { try body() } catch let e as S3Error { return e } catch { XCTFail("not an S3Error: \(error)", file: file, line: line) }
+        XCTFail("expected a failure, it succeeded", file: file, line: line)
+        return S3Error(operation: "", bucket: nil, key: nil, status: nil, code: nil, message: "", hint: "")
+    }
+
+    func waitForServer(_ c: S3Client, _ bucket: String) {
+        for _ in 0..<100 {
+            if (try? c.list(bucket: bucket)) != nil { return }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+    }
+}
