@@ -1,4 +1,5 @@
 import POSIXFiles
+import S3Stage
 import WorkflowSpec
 
 /// Expands a workflow's inputs into items: a walk of each local tree, filtered by the globs, with the
@@ -15,15 +16,30 @@ public struct InputScanner {
         var problems: [String] = []
         var seen = Set<String>()
         for (n, input) in workflow.inputs.enumerated() {
-            guard case .local(let root) = input.location else {
-                throw .input("input \(input.location) of \(workflow.sourceFile): S3 inputs need the S3 staging stage, which this build of emflow does not have yet; stage the objects to a directory and list that directory")
+            let prefix = workflow.inputs.count > 1 ? "\(n):" : ""
+            if case .s3(let bucket, let keyPrefix) = input.location {
+                for (rel, obj) in try listS3(bucket: bucket, prefix: keyPrefix, settings: workflow.s3, n: n, problems: &problems) {
+                    if !input.include.isEmpty && !input.include.contains(where: { $0.matches(rel) }) { continue }
+                    if input.exclude.contains(where: { $0.matches(rel) }) { continue }
+                    let uri = "s3://\(bucket)/\(obj.key)"
+                    guard seen.insert(uri).inserted else { continue }
+                    var fields: [String: String] = [:]
+                    var problem: String? = nil
+                    if let layout = input.layout {
+                        if let f = layout.match(rel) { fields = f }
+                        else { problem = "\(uri): its key '\(rel)' (below the input prefix) does not fit the layout '\(layout)' of inputs[\(n)]; move the object or adjust the layout" }
+                    }
+                    items.append(Item(id: prefix + rel, source: Artifact(path: uri, size: obj.size, mtimeNanoseconds: Int64(obj.lastModified * 1e9), etag: obj.etag),
+                                      fields: fields, layoutProblem: problem))
+                }
+                continue
             }
+            guard case .local(let root) = input.location else { continue }
             let st: FileStatus?
             do { st = try FileStatus.ifExists(path: root) } catch { throw .io(error) }
             guard let st else {
                 throw .input("input directory \(root) does not exist (inputs[\(n)].path in \(workflow.sourceFile)); check the path, or create it")
             }
-            let prefix = workflow.inputs.count > 1 ? "\(n):" : ""
             var found: [(rel: String, status: FileStatus)] = []
             if st.isRegularFile {
                 found.append((Path.lastComponent(of: root), st))
@@ -47,6 +63,26 @@ public struct InputScanner {
         }
         items.sort { $0.id < $1.id }
         return Result(items: items, problems: problems)
+    }
+
+    /// The objects under an S3 prefix with their paths relative to it. Keys no file system can hold
+    /// safely, and keys that are also a "directory" of other keys, are problems (named), not items.
+    static func listS3(bucket: String, prefix: String, settings: S3Settings, n: Int, problems: inout [String]) throws(EngineError) -> [(String, S3Object)] {
+        let objects: [S3Object]
+        do { objects = try S3Access.client(settings).list(bucket: bucket, prefix: prefix).objects }
+        catch { throw .input("inputs[\(n)] s3://\(bucket)/\(prefix): \(error)") }
+        var out: [(String, S3Object)] = []
+        for o in objects where !o.key.hasSuffix("/") {
+            switch ObjectPaths.relativePath(key: o.key, prefix: prefix) {
+            case .success(let rel): out.append((rel, o))
+            case .failure(let e): problems.append("s3://\(bucket)/: \(e)")
+            }
+        }
+        let clashes = ObjectPaths.fileDirectoryClashes(out.map(\.0))
+        for (rel, o) in out where clashes.contains(rel) {
+            problems.append("s3://\(bucket)/\(o.key) is both an object and the prefix of other objects; a directory cannot also be a file, so it was not staged — rename it")
+        }
+        return out.filter { !clashes.contains($0.0) }
     }
 
     static func walk(_ dir: String, rel: String, skip: Set<String>, into out: inout [(rel: String, status: FileStatus)], problems: inout [String]) {

@@ -7,10 +7,14 @@ public struct Artifact: Codable, Sendable, Hashable {
     public var size: Int64
     public var mtimeNanoseconds: Int64
     public var sha256: String?
+    /// For an S3 object (`path` = s3://bucket/key): its ETag; mtime is its LastModified.
+    public var etag: String?
 
-    public init(path: String, size: Int64, mtimeNanoseconds: Int64, sha256: String? = nil) {
-        self.path = path; self.size = size; self.mtimeNanoseconds = mtimeNanoseconds; self.sha256 = sha256
+    public init(path: String, size: Int64, mtimeNanoseconds: Int64, sha256: String? = nil, etag: String? = nil) {
+        self.path = path; self.size = size; self.mtimeNanoseconds = mtimeNanoseconds; self.sha256 = sha256; self.etag = etag
     }
+
+    public var isS3: Bool { path.hasPrefix("s3://") }
 }
 
 /// One input file of a run, with the hierarchy its path encodes.
@@ -95,8 +99,12 @@ public enum TaskKey {
         return SHA256Hasher.hash(doc.canonicalJSON)
     }
 
-    /// A local file's identity: path, size, mtime, and its SHA-256 when known.
+    /// A file's identity: path, size, mtime, and its SHA-256 when known; an S3 object's: URI, size
+    /// and ETag (a replaced object has a new ETag, so it is staged again).
     public static func identity(of a: Artifact) -> ParamValue {
+        if let etag = a.etag, a.isS3 {
+            return .map(["uri": .string(a.path), "size": .int(Int(a.size)), "etag": .string(etag)])
+        }
         var m: [String: ParamValue] = ["path": .string(a.path), "size": .int(Int(a.size)), "mtime_ns": .int(Int(a.mtimeNanoseconds))]
         if let s = a.sha256 { m["sha256"] = .string(s) }
         return .map(m)

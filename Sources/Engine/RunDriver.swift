@@ -83,6 +83,11 @@ public final class RunDriver: Sendable {
         let scan = try InputScanner.scan(workflow, skip: [workflow.workspace])
         let items = scan.items
         for p in scan.problems { options.log("input problem: \(p)") }
+        if items.contains(where: { $0.source.isS3 }) {
+            for stage in workflow.stages where stage.needs.isEmpty && stage.uses != StageInStage.kind {
+                throw .usage("stage \(stage.name) (\(stage.uses)) would read s3:// inputs directly; add a stage-in stage (uses: stage-in) and make \(stage.name) need it")
+            }
+        }
 
         let done: [String: String]
         do { done = try catalog.succeededResults() } catch { throw .catalog(error) }
@@ -102,7 +107,7 @@ public final class RunDriver: Sendable {
         let progress = ProgressReporter(enabled: options.progress && !options.dryRun)
         let ctx = TaskContext(outputRoot: workflow.outputs.root, workflow: workflow.name, specSHA256: specSHA256,
                               specPath: Path.resolve(workflow.sourceFile, against: currentDirectory()), naming: workflow.outputs.naming,
-                              context: workflow.context, reportBytes: { progress.addBytes($0) })
+                              workspace: workflow.workspace, s3: workflow.s3, context: workflow.context, reportBytes: { progress.addBytes($0) })
         var summary = RunSummary(runID: runID, workflow: workflow.name, workspace: workflow.workspace, dryRun: options.dryRun,
                                  items: items.count, stages: [], failures: [], inputProblems: scan.problems,
                                  plan: options.dryRun ? [] : nil, seconds: 0, state: "running")
@@ -331,7 +336,8 @@ public final class RunDriver: Sendable {
         if let a = r.artifact {
             guard let st = try? FileStatus.ifExists(path: a.path), st.size == a.size, st.mtimeNanoseconds == a.mtimeNanoseconds else { return false }
         }
-        for o in r.outputs {
+        // Published S3 objects are not re-checked here: publishing itself skips what is already there.
+        for o in r.outputs where !o.path.hasPrefix("s3://") {
             guard let st = try? FileStatus.ifExists(path: o.path), st.size == o.size else { return false }
         }
         return true

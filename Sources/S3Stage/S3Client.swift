@@ -22,6 +22,11 @@ public struct S3Object: Sendable, Codable, Hashable {
         return nil
     }
 
+    public init(key: String, size: Int64, etag: String, lastModified: Double, metadata: [String: String] = [:], checksumSHA256: String? = nil) {
+        self.key = key; self.size = size; self.etag = etag; self.lastModified = lastModified
+        self.metadata = metadata; self.checksumSHA256 = checksumSHA256
+    }
+
     /// The MD5 (hex) when the ETag is one (single-part uploads without server-side encryption).
     public var etagMD5: String? { etag.count == 32 && etag.allSatisfy(\.isHexDigit) ? etag.lowercased() : nil }
 }

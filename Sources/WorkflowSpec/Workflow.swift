@@ -8,6 +8,8 @@ public struct Workflow: Sendable {
     /// Where the catalog and run directories live.
     public var workspace: String
     public var executor: ExecutorSpec
+    /// How to reach S3 for s3:// inputs and publishing (credentials are never in a spec).
+    public var s3 = S3Settings()
     public var context: ParamValue
     /// In the file's order, which `needs` must respect (a stage only needs earlier ones).
     public var stages: [StageSpec]
@@ -50,6 +52,22 @@ public struct ExecutorSpec: Sendable {
     public var jobs: Int? = nil
     /// A site profile (YAML) for the Slurm executor.
     public var site: String? = nil
+    public init() {}
+}
+
+/// The `s3:` section: endpoint and transfer settings. Anything left out comes from the AWS
+/// environment variables and the user's ~/.aws files.
+public struct S3Settings: Sendable, Equatable {
+    public static let keys = ["endpoint", "region", "profile", "addressing", "insecure", "ca_bundle", "concurrency", "part_size_mib"]
+    public var endpoint: String? = nil
+    public var region: String? = nil
+    public var profile: String? = nil
+    /// path or virtual
+    public var addressing: String? = nil
+    public var insecure: Bool? = nil
+    public var caBundle: String? = nil
+    public var concurrency: Int? = nil
+    public var partSizeMiB: Int? = nil
     public init() {}
 }
 

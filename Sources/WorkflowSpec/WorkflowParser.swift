@@ -154,12 +154,12 @@ struct SpecParsing {
         return URL(fileURLWithPath: abs).standardizedFileURL.path
     }
 
-    static let topKeys = ["name", "description", "inputs", "outputs", "workspace", "executor", "context", "stages"]
+    static let topKeys = ["name", "description", "inputs", "outputs", "workspace", "executor", "s3", "context", "stages"]
 
     mutating func workflow(_ root: Node) -> Workflow? {
         guard let top = mapping(root, "the spec", allowed: Self.topKeys) else { return nil }
         var name: String?, description: String?, inputs: [InputSpec] = [], outputs: OutputSpec?
-        var workspace: String?, executor = ExecutorSpec(), context = ParamValue.map([:]), stages: [StageSpec] = []
+        var workspace: String?, executor = ExecutorSpec(), s3 = S3Settings(), context = ParamValue.map([:]), stages: [StageSpec] = []
         var sawInputs = false, sawStages = false
         for (k, _, v) in top {
             switch k {
@@ -173,6 +173,7 @@ struct SpecParsing {
             case "outputs": outputs = parseOutputs(v)
             case "workspace": workspace = string(v, "workspace").map(path)
             case "executor": executor = parseExecutor(v)
+            case "s3": s3 = parseS3(v)
             case "context":
                 if case .mapping = v { context = value(v) } else { fail(v, "context must be a mapping of README fields") }
             case "stages": sawStages = true; stages = parseStages(v)
@@ -185,9 +186,11 @@ struct SpecParsing {
         if outputs == nil && !issues.contains(where: { $0.message.contains("outputs") }) { fail(here, "missing key 'outputs'", hint: "say where results go, e.g. outputs: {root: /data/managed}") }
         if !sawStages { fail(here, "missing key 'stages'", hint: "add at least one stage, e.g. stages: {checksum: {uses: checksum}}") }
         guard let name, let outputs else { return nil }
-        return Workflow(name: name, description: description, inputs: inputs, outputs: outputs,
-                        workspace: workspace ?? (outputs.root + "/.emflow"), executor: executor,
-                        context: context, stages: stages, sourceFile: file)
+        var w = Workflow(name: name, description: description, inputs: inputs, outputs: outputs,
+                         workspace: workspace ?? (outputs.root + "/.emflow"), executor: executor,
+                         context: context, stages: stages, sourceFile: file)
+        w.s3 = s3
+        return w
     }
 
     mutating func parseInputs(_ node: Node) -> [InputSpec] {
@@ -275,6 +278,42 @@ struct SpecParsing {
             }
         }
         return e
+    }
+
+    mutating func parseS3(_ node: Node) -> S3Settings {
+        var o = S3Settings()
+        if case .mapping(let m) = node {
+            for (k, _) in m {
+                let name = (k.string ?? "").lowercased()
+                if name.contains("secret") || name.contains("access_key") || name.contains("token") || name.contains("password") {
+                    fail(k, "credentials do not belong in a spec ('\(k.string ?? "")' in s3)",
+                         hint: "export AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or name a profile of ~/.aws/credentials with s3.profile")
+                    return o
+                }
+            }
+        }
+        guard let pairs = mapping(node, "s3", allowed: S3Settings.keys) else { return o }
+        for (k, _, v) in pairs {
+            switch k {
+            case "endpoint":
+                o.endpoint = string(v, "s3.endpoint")
+                if let e = o.endpoint, !(e.hasPrefix("http://") || e.hasPrefix("https://")) {
+                    fail(v, "s3.endpoint '\(e)' is not an http(s) URL", hint: "e.g. endpoint: https://rgw.example.org")
+                }
+            case "region": o.region = string(v, "s3.region")
+            case "profile": o.profile = string(v, "s3.profile")
+            case "addressing":
+                o.addressing = string(v, "s3.addressing")
+                if let a = o.addressing, a != "path" && a != "virtual" { fail(v, "s3.addressing must be path or virtual") }
+            case "insecure":
+                if let b = v.bool { o.insecure = b } else { fail(v, "s3.insecure must be true or false") }
+            case "ca_bundle": o.caBundle = string(v, "s3.ca_bundle").map(path)
+            case "concurrency": o.concurrency = int(v, "s3.concurrency", min: 1)
+            case "part_size_mib": o.partSizeMiB = int(v, "s3.part_size_mib", min: 5)
+            default: break
+            }
+        }
+        return o
     }
 
     mutating func parseStages(_ node: Node) -> [StageSpec] {

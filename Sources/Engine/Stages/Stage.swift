@@ -13,6 +13,10 @@ public struct TaskContext: Sendable {
     public var specPath: String = ""
     /// Derived-file naming relative to a dataset directory (outputs.naming).
     public var naming: PathTemplate? = nil
+    /// The workspace (catalog, runs, default staging area).
+    public var workspace: String = ""
+    /// How to reach S3 (the spec's `s3:` section).
+    public var s3 = S3Settings()
     public var context: ParamValue
     /// Bytes processed so far (for progress), thread-safe.
     public var reportBytes: @Sendable (Int) -> Void
@@ -65,6 +69,8 @@ public enum StageRegistry {
         ChecksumStage.kind: ChecksumStage(),
         ReadmeStage.kind: ReadmeStage(),
         ConvertStage.kind: ConvertStage(),
+        StageInStage.kind: StageInStage(),
+        PublishStage.kind: PublishStage(),
     ]
 
     public static var schemas: [String: ParameterSchema] {
