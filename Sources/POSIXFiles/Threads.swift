@@ -11,6 +11,11 @@ public enum ParallelThreads {
         guard count > 0 else { return }
         let next = Atomic<Int>(0)
         let n = max(1, min(width, count))
+        if n == 1 {
+            // One worker: this thread (no thread start for a single small transfer).
+            for i in 0..<count where !shouldStop() { body(0, i) }
+            return
+        }
         let done = DispatchGroup()
         for w in 0..<n {
             done.enter()

@@ -285,7 +285,7 @@ public final class S3Client: Sendable {
 
     func createMultipart(bucket: String, key: String, metadata: [String: String], contentType: String?) throws(S3Error) -> String {
         var r = Request(operation: "CreateMultipartUpload", method: "POST", bucket: bucket, key: key, query: [("uploads", "")])
-        r.headers = Self.metadataHeaders(metadata)
+        r.headers = Self.metadataHeaders(metadata) + [("x-amz-checksum-algorithm", "SHA256")]
         if let contentType { r.headers.append(("content-type", contentType)) }
         let resp = try send(r)
         guard let id = S3XML.value(String(decoding: resp.body, as: UTF8.self)[...], "UploadId"), !id.isEmpty else {
@@ -295,24 +295,26 @@ public final class S3Client: Sendable {
         return id
     }
 
-    /// Uploads one part (number from 1) and returns its ETag. The part's SHA-256 is signed and its
-    /// MD5 sent as Content-MD5, so the server refuses a part that arrives damaged.
-    func uploadPart(bucket: String, key: String, uploadID: String, number: Int, body: UnsafeRawBufferPointer) throws(S3Error) -> String {
+    /// Uploads one part (number from 1) and returns its ETag and SHA-256 (base64). The part's SHA-256
+    /// is both signed (x-amz-content-sha256) and sent as x-amz-checksum-sha256, so the server refuses
+    /// a part that arrives damaged; one hash serves both.
+    func uploadPart(bucket: String, key: String, uploadID: String, number: Int, body: UnsafeRawBufferPointer) throws(S3Error) -> (etag: String, checksum: String) {
+        let digest = Digester.digest(.sha256, body)
+        let checksum = Data(digest).base64EncodedString()
         var r = Request(operation: "UploadPart", method: "PUT", bucket: bucket, key: key,
-                        query: [("partNumber", String(number)), ("uploadId", uploadID)],
-                        payloadHash: hex(Digester.digest(.sha256, body)))
-        r.headers = [("content-md5", Data(Digester.digest(.md5, body)).base64EncodedString())]
+                        query: [("partNumber", String(number)), ("uploadId", uploadID)], payloadHash: hex(digest))
+        r.headers = [("x-amz-checksum-sha256", checksum)]
         let resp = try retrying("UploadPart") { () throws(S3Error) in try sendOnce(r, body: body, sink: nil) }
         guard let etag = resp.headers["etag"] else {
             throw S3Error(operation: "UploadPart", bucket: bucket, key: key, status: resp.status, code: nil,
                           message: "part \(number) was accepted without an ETag", hint: "the server does not support multipart uploads as S3 does")
         }
-        return Self.unquote(etag)
+        return (Self.unquote(etag), checksum)
     }
 
-    func completeMultipart(bucket: String, key: String, uploadID: String, etags: [String]) throws(S3Error) -> String {
-        let xml = "<CompleteMultipartUpload>" + etags.enumerated().map {
-            "<Part><PartNumber>\($0.offset + 1)</PartNumber><ETag>\"\($0.element)\"</ETag></Part>"
+    func completeMultipart(bucket: String, key: String, uploadID: String, parts: [(etag: String, checksum: String)]) throws(S3Error) -> String {
+        let xml = "<CompleteMultipartUpload>" + parts.enumerated().map {
+            "<Part><PartNumber>\($0.offset + 1)</PartNumber><ETag>\"\($0.element.etag)\"</ETag><ChecksumSHA256>\($0.element.checksum)</ChecksumSHA256></Part>"
         }.joined() + "</CompleteMultipartUpload>"
         let body = Array(xml.utf8)
         let r = Request(operation: "CompleteMultipartUpload", method: "POST", bucket: bucket, key: key,

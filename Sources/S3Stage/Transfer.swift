@@ -12,6 +12,23 @@ public struct TransferResult: Sendable {
     public var verifiedBy: String
 }
 
+/// One part's bytes in memory, page-aligned, freed when the last user lets go.
+final class PartBuffer: @unchecked Sendable {
+    let bytes: UnsafeMutableRawBufferPointer
+    var count = 0
+    init(capacity: Int) { bytes = .allocate(byteCount: max(capacity, 1), alignment: 4096) }
+    deinit { bytes.deallocate() }
+    var filled: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[0..<count]) }
+
+    /// Appends `chunk`; false when it would overflow `capacity` (a server sending more than asked).
+    func append(_ chunk: UnsafeRawBufferPointer, capacity: Int) -> Bool {
+        guard count + chunk.count <= capacity else { return false }
+        if let src = chunk.baseAddress, chunk.count > 0 { (bytes.baseAddress! + count).copyMemory(from: src, byteCount: chunk.count) }
+        count += chunk.count
+        return true
+    }
+}
+
 /// Hashes parts that finish out of order, in order: a part is hashed as soon as all parts before it
 /// are, and parts waiting their turn are kept (bounded by the parts in flight).
 final class OrderedHasher: @unchecked Sendable {
@@ -19,19 +36,29 @@ final class OrderedHasher: @unchecked Sendable {
     private var sha: SHA256Hasher? = SHA256Hasher()
     private var md5: Digester?
     private var next = 0
-    private var waiting: [Int: [UInt8]] = [:]
+    private var waiting: [Int: PartBuffer] = [:]
+    /// Hashed buffers, for the next parts: fresh 16 MiB allocations cost a page fault per 4 KiB.
+    private var free: [PartBuffer] = []
 
     init(md5: Bool) { self.md5 = md5 ? Digester(.md5) : nil }
 
-    func submit(_ index: Int, _ bytes: [UInt8]) {
+    /// A buffer for the next part: a hashed one when there is one, else a new one.
+    func buffer(capacity: Int) -> PartBuffer {
+        lock.lock()
+        let b = free.popLast()
+        lock.unlock()
+        if let b, b.bytes.count >= capacity { b.count = 0; return b }
+        return PartBuffer(capacity: capacity)
+    }
+
+    func submit(_ index: Int, _ part: PartBuffer) {
         lock.lock(); defer { lock.unlock() }
-        waiting[index] = bytes
+        waiting[index] = part
         while let b = waiting.removeValue(forKey: next) {
-            b.withUnsafeBytes { p in
-                sha?.update(p)
-                md5?.update(p)
-            }
+            sha?.update(b.filled)
+            md5?.update(b.filled)
             next += 1
+            free.append(b)
         }
     }
 
@@ -118,16 +145,15 @@ extension S3Client {
             let start = Int64(i) * part
             let length = Int(min(part, obj.size - start))
             do throws(S3Error) {
-                let bytes = try self.retrying("GetObject") { () throws(S3Error) -> [UInt8] in
-                    var buf = [UInt8](); buf.reserveCapacity(length)
+                let buf = hasher.buffer(capacity: length)
+                try self.retrying("GetObject") { () throws(S3Error) in
+                    buf.count = 0
                     var r = Request(operation: "GetObject", method: "GET", bucket: bucket, key: key)
                     r.headers.append(("x-amz-checksum-mode", "ENABLED"))
                     if !obj.etag.isEmpty { r.headers.append(("if-match", "\"\(obj.etag)\"")) }
                     if obj.size > 0 { r.headers.append(("range", "bytes=\(start)-\(start + Int64(length) - 1)")) }
                     let reply = try self.sendOnce(r, body: nil) { chunk in
-                        guard buf.count + chunk.count <= length else { return false }
-                        buf.append(contentsOf: chunk)
-                        return true
+                        buf.append(chunk, capacity: length)
                     }
                     guard buf.count == length else {
                         throw S3Error(operation: "GetObject", bucket: bucket, key: key, status: nil, code: nil,
@@ -135,9 +161,8 @@ extension S3Client {
                                       hint: "the connection ended early; it was retried", retryable: true)
                     }
                     if i == 0 { firstReply.withLock { $0 = reply.headers } }
-                    return buf
                 }
-                let err = bytes.withUnsafeBytes { b -> Int32 in
+                let err: Int32 = { (b: UnsafeRawBufferPointer) -> Int32 in
                     var written = 0
                     while written < b.count {
                         let n = pwrite(rawFD, b.baseAddress! + written, b.count - written, off_t(start) + off_t(written))
@@ -146,14 +171,14 @@ extension S3Client {
                         written += n
                     }
                     return 0
-                }
+                }(buf.filled)
                 guard err == 0 else {
                     throw S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: nil,
                                   message: POSIXFileError("write", path: path, errno: err).description,
                                   hint: "check the destination file system (space, quota)")
                 }
-                hasher.submit(i, bytes)
-                progress?(bytes.count)
+                hasher.submit(i, buf)
+                progress?(length)
             } catch {
                 firstError.withLock { if $0 == nil { $0 = error } }
             }
@@ -232,15 +257,16 @@ extension S3Client {
         meta["sha256"] = sha
         let uploadID = try createMultipart(bucket: bucket, key: key, metadata: meta, contentType: contentType)
         let count = Int((size + Int64(part) - 1) / Int64(part))
-        let etags = Mutex<[String]>(Array(repeating: "", count: count))
+        let etags = Mutex<[(etag: String, checksum: String)]>(Array(repeating: ("", ""), count: count))
         let firstError = Mutex<S3Error?>(nil)
         let hasher = known == nil ? nil : OrderedHasher(md5: false)
         let rawFD = fd.rawValue
         ParallelThreads.run(count: count, width: config.concurrency, shouldStop: { firstError.withLock { $0 != nil } }) { _, i in
             let start = Int64(i) * Int64(part)
             let length = Int(min(Int64(part), size - start))
-            var buf = [UInt8](repeating: 0, count: length)
-            let readOK: Bool = buf.withUnsafeMutableBytes { b in
+            let buf = PartBuffer(capacity: length)
+            buf.count = length
+            let readOK: Bool = { (b: UnsafeMutableRawBufferPointer) -> Bool in
                 var done = 0
                 while done < length {
                     let n = pread(rawFD, b.baseAddress! + done, length - done, off_t(start) + off_t(done))
@@ -249,15 +275,13 @@ extension S3Client {
                     done += n
                 }
                 return true
-            }
+            }(buf.bytes)
             guard readOK else {
                 firstError.withLock { if $0 == nil { $0 = ioError(POSIXFileError("read", path: path, errno: errno)) } }
                 return
             }
             do throws(S3Error) {
-                let etag = try buf.withUnsafeBytes { b in
-                    Result { () throws(S3Error) in try self.uploadPart(bucket: bucket, key: key, uploadID: uploadID, number: i + 1, body: b) }
-                }.get()
+                let etag = try self.uploadPart(bucket: bucket, key: key, uploadID: uploadID, number: i + 1, body: buf.filled)
                 etags.withLock { $0[i] = etag }
                 hasher?.submit(i, buf)
                 progress?(length)
@@ -272,7 +296,7 @@ extension S3Client {
         }
         if failure == nil {
             do {
-                let etag = try completeMultipart(bucket: bucket, key: key, uploadID: uploadID, etags: etags.withLock { $0 })
+                let etag = try completeMultipart(bucket: bucket, key: key, uploadID: uploadID, parts: etags.withLock { $0 })
                 return TransferResult(size: size, sha256: sha, etag: etag, verifiedBy: "sha256")
             } catch { failure = error }
         }
