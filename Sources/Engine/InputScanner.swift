@@ -2,8 +2,9 @@ import POSIXFiles
 import S3Stage
 import WorkflowSpec
 
-/// Expands a workflow's inputs into items: a walk of each local tree, filtered by the globs, with the
-/// hierarchy fields parsed from each path by the input's layout. Sorted, so runs are reproducible.
+/// Expands a workflow's inputs into items: a walk of each local tree or a listing of each S3 prefix,
+/// filtered by the globs, with the hierarchy fields parsed from each relative path by the input's
+/// layout. Sorted, so runs are reproducible.
 public struct InputScanner {
     public struct Result {
         public var items: [Item]
@@ -17,48 +18,41 @@ public struct InputScanner {
         var seen = Set<String>()
         for (n, input) in workflow.inputs.enumerated() {
             let prefix = workflow.inputs.count > 1 ? "\(n):" : ""
-            if case .s3(let bucket, let keyPrefix) = input.location {
+            // What the input holds: (path relative to the input, the file or object).
+            var found: [(rel: String, artifact: Artifact)] = []
+            switch input.location {
+            case .s3(let bucket, let keyPrefix):
                 for (rel, obj) in try listS3(bucket: bucket, prefix: keyPrefix, settings: workflow.s3, n: n, problems: &problems) {
-                    if !input.include.isEmpty && !input.include.contains(where: { $0.matches(rel) }) { continue }
-                    if input.exclude.contains(where: { $0.matches(rel) }) { continue }
-                    let uri = "s3://\(bucket)/\(obj.key)"
-                    guard seen.insert(uri).inserted else { continue }
-                    var fields: [String: String] = [:]
-                    var problem: String? = nil
-                    if let layout = input.layout {
-                        if let f = layout.match(rel) { fields = f }
-                        else { problem = "\(uri): its key '\(rel)' (below the input prefix) does not fit the layout '\(layout)' of inputs[\(n)]; move the object or adjust the layout" }
-                    }
-                    items.append(Item(id: prefix + rel, source: Artifact(path: uri, size: obj.size, mtimeNanoseconds: Int64(obj.lastModified * 1e9), etag: obj.etag),
-                                      fields: fields, layoutProblem: problem))
+                    found.append((rel, Artifact(path: "s3://\(bucket)/\(obj.key)", size: obj.size,
+                                                mtimeNanoseconds: Int64(obj.lastModified * 1e9), etag: obj.etag)))
                 }
-                continue
+            case .local(let root):
+                let st: FileStatus?
+                do { st = try FileStatus.ifExists(path: root) } catch { throw .io(error) }
+                guard let st else {
+                    throw .input("input directory \(root) does not exist (inputs[\(n)].path in \(workflow.sourceFile)); check the path, or create it")
+                }
+                var files: [(rel: String, status: FileStatus)] = []
+                if st.isRegularFile {
+                    files.append((Path.lastComponent(of: root), st))
+                } else {
+                    walk(root, rel: "", skip: Set(skip), into: &files, problems: &problems)
+                }
+                for (rel, fst) in files {
+                    found.append((rel, Artifact(path: st.isRegularFile ? root : Path.join(root, rel), size: fst.size, mtimeNanoseconds: fst.mtimeNanoseconds)))
+                }
             }
-            guard case .local(let root) = input.location else { continue }
-            let st: FileStatus?
-            do { st = try FileStatus.ifExists(path: root) } catch { throw .io(error) }
-            guard let st else {
-                throw .input("input directory \(root) does not exist (inputs[\(n)].path in \(workflow.sourceFile)); check the path, or create it")
-            }
-            var found: [(rel: String, status: FileStatus)] = []
-            if st.isRegularFile {
-                found.append((Path.lastComponent(of: root), st))
-            } else {
-                walk(root, rel: "", skip: Set(skip), into: &found, problems: &problems)
-            }
-            for (rel, fst) in found {
+            for (rel, artifact) in found {
                 if !input.include.isEmpty && !input.include.contains(where: { $0.matches(rel) }) { continue }
                 if input.exclude.contains(where: { $0.matches(rel) }) { continue }
-                let path = st.isRegularFile ? root : Path.join(root, rel)
-                guard seen.insert(path).inserted else { continue }
+                guard seen.insert(artifact.path).inserted else { continue }
                 var fields: [String: String] = [:]
                 var problem: String? = nil
                 if let layout = input.layout {
                     if let f = layout.match(rel) { fields = f }
-                    else { problem = "\(path): its path '\(rel)' does not fit the layout '\(layout)' of inputs[\(n)]; move it into place or adjust the layout" }
+                    else { problem = "\(artifact.path): its path '\(rel)' does not fit the layout '\(layout)' of inputs[\(n)]; move it into place or adjust the layout" }
                 }
-                items.append(Item(id: prefix + rel, source: Artifact(path: path, size: fst.size, mtimeNanoseconds: fst.mtimeNanoseconds),
-                                  fields: fields, layoutProblem: problem))
+                items.append(Item(id: prefix + rel, source: artifact, fields: fields, layoutProblem: problem))
             }
         }
         items.sort { $0.id < $1.id }
