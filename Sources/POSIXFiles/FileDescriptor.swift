@@ -101,9 +101,14 @@ public struct FileDescriptor: ~Copyable {
     /// Writes all of `bytes` at `offset` (pwrite), without moving the file position: several threads
     /// may fill different ranges of one file.
     public func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(POSIXFileError) {
+        try Self.writeAll(rawValue, path: path, bytes, at: offset)
+    }
+
+    /// As `writeAll(_:at:)` on a raw descriptor, for threads that share one open file.
+    public static func writeAll(_ fd: Int32, path: String, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(POSIXFileError) {
         var done = 0
         while done < bytes.count {
-            let n = retryingEINTR { pwrite(rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
+            let n = retryingEINTR { pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
             guard n > 0 else { throw POSIXFileError("write", path: path, errno: n == 0 ? EIO : errno) }
             done += n
         }
@@ -111,9 +116,14 @@ public struct FileDescriptor: ~Copyable {
 
     /// Reads exactly `buffer.count` bytes at `offset` (pread); a shorter file is an error.
     public func readFull(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(POSIXFileError) {
+        try Self.readFull(rawValue, path: path, into: buffer, at: offset)
+    }
+
+    /// As `readFull(into:at:)` on a raw descriptor, for threads that share one open file.
+    public static func readFull(_ fd: Int32, path: String, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(POSIXFileError) {
         var done = 0
         while done < buffer.count {
-            let n = retryingEINTR { pread(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
+            let n = retryingEINTR { pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
             guard n >= 0 else { throw POSIXFileError("read", path: path, errno: errno) }
             guard n > 0 else { throw POSIXFileError("read (file shorter than expected)", path: path, errno: EIO) }
             done += n

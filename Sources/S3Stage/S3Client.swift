@@ -114,7 +114,6 @@ public final class S3Client: Sendable {
             case 412: code = "PreconditionFailed"
             default: break
             }
-            if message.isEmpty && code == "NoSuchKey" && r.method == "HEAD" { message = "" }
         }
         // The message must not echo request material that could hold secrets (some servers include the
         // string to sign); keep it short and single-line.

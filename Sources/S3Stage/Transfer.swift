@@ -29,27 +29,34 @@ final class PartBuffer: @unchecked Sendable {
     }
 }
 
-/// Hashes parts that finish out of order, in order: a part is hashed as soon as all parts before it
-/// are, and parts waiting their turn are kept (bounded by the parts in flight).
-final class OrderedHasher: @unchecked Sendable {
+/// Part buffers for reuse: a fresh 16 MiB allocation costs a page fault per 4 KiB.
+final class PartBufferPool: @unchecked Sendable {
     private let lock = NSLock()
-    private var sha: SHA256Hasher? = SHA256Hasher()
-    private var md5: Digester?
-    private var next = 0
-    private var waiting: [Int: PartBuffer] = [:]
-    /// Hashed buffers, for the next parts: fresh 16 MiB allocations cost a page fault per 4 KiB.
     private var free: [PartBuffer] = []
 
-    init(md5: Bool) { self.md5 = md5 ? Digester(.md5) : nil }
-
-    /// A buffer for the next part: a hashed one when there is one, else a new one.
-    func buffer(capacity: Int) -> PartBuffer {
+    func take(capacity: Int) -> PartBuffer {
         lock.lock()
         let b = free.popLast()
         lock.unlock()
         if let b, b.bytes.count >= capacity { b.count = 0; return b }
         return PartBuffer(capacity: capacity)
     }
+
+    func give(_ b: PartBuffer) { lock.lock(); free.append(b); lock.unlock() }
+}
+
+/// Hashes parts that finish out of order, in order: a part is hashed as soon as all parts before it
+/// are, and parts waiting their turn are kept (bounded by the parts in flight). Hashed buffers go
+/// back to the pool.
+final class OrderedHasher: @unchecked Sendable {
+    private let lock = NSLock()
+    private var sha: SHA256Hasher? = SHA256Hasher()
+    private var md5: Digester?
+    private var next = 0
+    private var waiting: [Int: PartBuffer] = [:]
+    let pool: PartBufferPool
+
+    init(md5: Bool, pool: PartBufferPool = PartBufferPool()) { self.md5 = md5 ? Digester(.md5) : nil; self.pool = pool }
 
     func submit(_ index: Int, _ part: PartBuffer) {
         lock.lock(); defer { lock.unlock() }
@@ -58,7 +65,7 @@ final class OrderedHasher: @unchecked Sendable {
             sha?.update(b.filled)
             md5?.update(b.filled)
             next += 1
-            free.append(b)
+            pool.give(b)
         }
     }
 
@@ -145,7 +152,7 @@ extension S3Client {
             let start = Int64(i) * part
             let length = Int(min(part, obj.size - start))
             do throws(S3Error) {
-                let buf = hasher.buffer(capacity: length)
+                let buf = hasher.pool.take(capacity: length)
                 try self.retrying("GetObject") { () throws(S3Error) in
                     buf.count = 0
                     var r = Request(operation: "GetObject", method: "GET", bucket: bucket, key: key)
@@ -162,19 +169,8 @@ extension S3Client {
                     }
                     if i == 0 { firstReply.withLock { $0 = reply.headers } }
                 }
-                let err: Int32 = { (b: UnsafeRawBufferPointer) -> Int32 in
-                    var written = 0
-                    while written < b.count {
-                        let n = pwrite(rawFD, b.baseAddress! + written, b.count - written, off_t(start) + off_t(written))
-                        if n < 0 && errno == EINTR { continue }
-                        guard n > 0 else { return n == 0 ? EIO : errno }
-                        written += n
-                    }
-                    return 0
-                }(buf.filled)
-                guard err == 0 else {
-                    throw S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: nil,
-                                  message: POSIXFileError("write", path: path, errno: err).description,
+                do { try FileDescriptor.writeAll(rawFD, path: path, buf.filled, at: start) } catch {
+                    throw S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: nil, message: "\(error)",
                                   hint: "check the destination file system (space, quota)")
                 }
                 hasher.submit(i, buf)
@@ -259,31 +255,22 @@ extension S3Client {
         let count = Int((size + Int64(part) - 1) / Int64(part))
         let etags = Mutex<[(etag: String, checksum: String)]>(Array(repeating: ("", ""), count: count))
         let firstError = Mutex<S3Error?>(nil)
-        let hasher = known == nil ? nil : OrderedHasher(md5: false)
+        let pool = PartBufferPool()
+        let hasher = known == nil ? nil : OrderedHasher(md5: false, pool: pool)
         let rawFD = fd.rawValue
         ParallelThreads.run(count: count, width: config.concurrency, shouldStop: { firstError.withLock { $0 != nil } }) { _, i in
             let start = Int64(i) * Int64(part)
             let length = Int(min(Int64(part), size - start))
-            let buf = PartBuffer(capacity: length)
+            let buf = pool.take(capacity: length)
             buf.count = length
-            let readOK: Bool = { (b: UnsafeMutableRawBufferPointer) -> Bool in
-                var done = 0
-                while done < length {
-                    let n = pread(rawFD, b.baseAddress! + done, length - done, off_t(start) + off_t(done))
-                    if n < 0 && errno == EINTR { continue }
-                    if n <= 0 { return false }
-                    done += n
-                }
-                return true
-            }(buf.bytes)
-            guard readOK else {
-                firstError.withLock { if $0 == nil { $0 = ioError(POSIXFileError("read", path: path, errno: errno)) } }
+            do { try FileDescriptor.readFull(rawFD, path: path, into: UnsafeMutableRawBufferPointer(rebasing: buf.bytes[0..<length]), at: start) } catch {
+                firstError.withLock { if $0 == nil { $0 = ioError(error) } }
                 return
             }
             do throws(S3Error) {
                 let etag = try self.uploadPart(bucket: bucket, key: key, uploadID: uploadID, number: i + 1, body: buf.filled)
                 etags.withLock { $0[i] = etag }
-                hasher?.submit(i, buf)
+                if let hasher { hasher.submit(i, buf) } else { pool.give(buf) }
                 progress?(length)
             } catch {
                 firstError.withLock { if $0 == nil { $0 = error } }

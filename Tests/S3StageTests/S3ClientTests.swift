@@ -13,8 +13,7 @@ final class S3ClientTests: XCTestCase {
     var tmp: TempDir!
 
     override func setUpWithError() throws {
-        guard let s = S3TestServer.shared else { throw XCTSkip("unreachable") }
-        server = s
+        server = try S3TestServer.require()
         tmp = TempDir("s3client")
     }
 
@@ -39,12 +38,7 @@ final class S3ClientTests: XCTestCase {
         try ProcessRunner.run(Tools.packageRoot + "/.venv/bin/aws", ["--endpoint-url", server.endpoint] + args, environment: server.childEnvironment())
     }
 
-    func testServerStarted() {
-        XCTAssertNotNil(S3TestServer.shared, S3TestServer.startError)
-    }
-
     func testRoundTripsOfEmptySmallMultipartAndOddKeysAgreeWithASecondClient() throws {
-        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
         let c = try client(partSize: 5 << 20)
         let bucket = S3TestServer.bucketName("rt")
         try c.createBucket(bucket)
@@ -92,7 +86,6 @@ final class S3ClientTests: XCTestCase {
     }
 
     func testListingPaginatesPastOneThousandKeysAndBatchDeleteRemovesThem() throws {
-        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
         let c = try client()
         let bucket = S3TestServer.bucketName("page")
         try c.createBucket(bucket)
@@ -114,7 +107,6 @@ final class S3ClientTests: XCTestCase {
     }
 
     func testErrorsNameTheObjectAndWhatToDoAndNeverTheSecret() throws {
-        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
         let c = try client()
         let bucket = S3TestServer.bucketName("err")
         try c.createBucket(bucket)
@@ -152,7 +144,6 @@ final class S3ClientTests: XCTestCase {
     }
 
     func testADamagedObjectIsNeverWrittenToTheDestination() throws {
-        guard S3TestServer.shared != nil else { return XCTFail(S3TestServer.startError) }
         let c = try client(partSize: 5 << 20)
         let bucket = S3TestServer.bucketName("bad")
         try c.createBucket(bucket)
@@ -174,7 +165,7 @@ final class S3ClientTests: XCTestCase {
     }
 
     func testDownloadAndMultipartUploadSurviveTheServerBeingKilledMidTransfer() throws {
-        guard let server = S3TestServer.shared else { return XCTFail(S3TestServer.startError) }
+        let server = self.server!
         let c = try client(partSize: 5 << 20, concurrency: 2)
         let bucket = S3TestServer.bucketName("crash")
         try c.createBucket(bucket)

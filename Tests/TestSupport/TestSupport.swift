@@ -180,6 +180,17 @@ public final class S3TestServer: @unchecked Sendable {
         return server
     }()
 
+    /// The shared server, or an error (failing the test, never skipping it) saying why there is none.
+    public static func require() throws -> S3TestServer {
+        guard let s = shared else { throw Missing(reason: startError) }
+        return s
+    }
+
+    public struct Missing: Error, CustomStringConvertible {
+        public let reason: String
+        public var description: String { "the S3 test server did not start: \(reason)" }
+    }
+
     init(directory: String, environment: [String: String]) { self.directory = directory; self.environment = environment }
 
     /// Kills the server as a crash would (SIGKILL).
