@@ -27,7 +27,8 @@ let libraries: [Target] = [
     .target(name: "EMFormats", dependencies: ["CTIFF", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "S3Stage", dependencies: ["CCurl", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles"], exclude: ["README.md"]),
-    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage"], exclude: ["README.md"]),
+    .target(name: "SlurmAdapter", dependencies: [], exclude: ["README.md"]),
+    .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage", "SlurmAdapter"], exclude: ["README.md"]),
 ]
 
 // MARK: - Executables
@@ -48,6 +49,7 @@ let tests: [Target] = [
     .testTarget(name: "S3StageTests", dependencies: ["S3Stage", "Checksums", "POSIXFiles", "TestSupport"]),
     .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
+    .testTarget(name: "SlurmAdapterTests", dependencies: ["SlurmAdapter", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),
     .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
 ]

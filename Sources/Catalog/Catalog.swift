@@ -178,6 +178,30 @@ public final class Catalog: Sendable {
         }
     }
 
+    /// Per item, the key and result of the latest task of `stage` that succeeded (or was found done).
+    public func latestResults(stage: String) throws(CatalogError) -> [String: (key: String, result: String)] {
+        try read { db in
+            var out: [String: (key: String, result: String)] = [:]
+            let rows = try Row.fetchCursor(db, sql: """
+                SELECT item, key, result FROM tasks WHERE stage = ? AND state IN ('succeeded', 'skipped') AND result IS NOT NULL
+                ORDER BY finished_at
+                """, arguments: [stage])
+            while let r = try rows.next() { out[r["item"]] = (r["key"], r["result"]) }
+            return out
+        }
+    }
+
+    /// The median run time of the last (up to 500) succeeded tasks of a stage kind, nil without history.
+    public func medianSeconds(kind: String) throws(CatalogError) -> Double? {
+        try read { db in
+            let d = try Double.fetchAll(db, sql: """
+                SELECT finished_at - started_at FROM tasks WHERE kind = ? AND state = 'succeeded'
+                AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 500
+                """, arguments: [kind]).sorted()
+            return d.isEmpty ? nil : d[d.count / 2]
+        }
+    }
+
     public func tasks(runID: String, stage: String? = nil, state: String? = nil) throws(CatalogError) -> [TaskRecord] {
         try read { db in
             var q = TaskRecord.filter(Column("run_id") == runID)

@@ -71,7 +71,8 @@ public struct OutputInfo: Codable, Sendable {
 
 /// What a worker writes when a task ends (one JSON file per task in the run directory).
 public struct TaskResult: Codable, Sendable {
-    public enum State: String, Codable, Sendable { case succeeded, failed }
+    /// `skipped`: a Slurm worker found the task done before (same key, outputs present).
+    public enum State: String, Codable, Sendable { case succeeded, failed, skipped }
     public var key: String
     public var runID: String
     public var stage: String

@@ -9,10 +9,13 @@ import POSIXFiles
 /// is what dominated runs of thousands of small files.
 final class ResultLog: Sendable {
     let directory: String
+    /// Put before each file's name (a Slurm worker uses `s<slice>-`, so a slice's results are found by name).
+    let prefix: String
     let files: Mutex<[Int: Int32]>
 
-    init(directory: String) {
+    init(directory: String, prefix: String = "") {
         self.directory = directory
+        self.prefix = prefix
         files = Mutex([:])
     }
 
@@ -26,7 +29,7 @@ final class ResultLog: Sendable {
         line.append(0x0A)
         let fd: Int32 = try files.withLock { open in
             if let fd = open[worker] { return fd }
-            let path = Path.join(directory, "\(worker)-\(AtomicFile.hostName)-\(getpid()).jsonl")
+            let path = Path.join(directory, "\(prefix)\(worker)-\(AtomicFile.hostName)-\(getpid()).jsonl")
             let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw POSIXFileError("open", path: path, errno: errno) }
             open[worker] = fd

@@ -51,11 +51,29 @@ public final class RunDriver: Sendable {
 
     public var runsDirectory: String { Path.join(workflow.workspace, "runs") }
 
-    public init(specPath: String) throws(EngineError) {
+    public convenience init(specPath: String) throws(EngineError) {
+        let workflow: Workflow
         do { workflow = try StageRegistry.parser.load(path: specPath) } catch { throw .spec(error) }
-        self.specPath = specPath
-        do { specText = try readFile(workflow.sourceFile.hasPrefix("/") ? workflow.sourceFile : Path.join(currentDirectory(), specPath)) }
+        let text: [UInt8]
+        do { text = try readFile(workflow.sourceFile.hasPrefix("/") ? workflow.sourceFile : Path.join(currentDirectory(), specPath)) }
         catch { throw .io(error) }
+        try self.init(workflow: workflow, specPath: specPath, specText: text)
+    }
+
+    /// A run's frozen spec (runs/<id>/spec.yaml), its relative paths taken from the original's directory.
+    public convenience init(frozenSpec text: [UInt8], originalPath: String) throws(EngineError) {
+        let workflow: Workflow
+        do {
+            workflow = try StageRegistry.parser.parse(text: String(decoding: text, as: UTF8.self), file: originalPath,
+                                                      baseDirectory: (originalPath as NSString).deletingLastPathComponent)
+        } catch { throw .spec(error) }
+        try self.init(workflow: workflow, specPath: originalPath, specText: text)
+    }
+
+    init(workflow: Workflow, specPath: String, specText: [UInt8]) throws(EngineError) {
+        self.workflow = workflow
+        self.specPath = specPath
+        self.specText = specText
         specSHA256 = SHA256Hasher.hash(specText)
         do {
             try makeDirectories(workflow.workspace)
@@ -64,6 +82,17 @@ public final class RunDriver: Sendable {
     }
 
     static func now() -> Double { Date().timeIntervalSince1970 }
+
+    /// What tasks of this workflow may use.
+    func context(reportBytes: @escaping @Sendable (Int) -> Void = { _ in }) -> TaskContext {
+        Self.context(workflow: workflow, specSHA256: specSHA256, reportBytes: reportBytes)
+    }
+
+    static func context(workflow: Workflow, specSHA256: String, reportBytes: @escaping @Sendable (Int) -> Void = { _ in }) -> TaskContext {
+        TaskContext(outputRoot: workflow.outputs.root, workflow: workflow.name, specSHA256: specSHA256,
+                    specPath: Path.resolve(workflow.sourceFile, against: currentDirectory()), naming: workflow.outputs.naming,
+                    workspace: workflow.workspace, s3: workflow.s3, context: workflow.context, reportBytes: reportBytes)
+    }
 
     public static func newRunID(now: Date = Date()) -> String {
         let f = DateFormatter()
@@ -105,9 +134,7 @@ public final class RunDriver: Sendable {
         }
 
         let progress = ProgressReporter(enabled: options.progress && !options.dryRun)
-        let ctx = TaskContext(outputRoot: workflow.outputs.root, workflow: workflow.name, specSHA256: specSHA256,
-                              specPath: Path.resolve(workflow.sourceFile, against: currentDirectory()), naming: workflow.outputs.naming,
-                              workspace: workflow.workspace, s3: workflow.s3, context: workflow.context, reportBytes: { progress.addBytes($0) })
+        let ctx = context(reportBytes: { progress.addBytes($0) })
         var summary = RunSummary(runID: runID, workflow: workflow.name, workspace: workflow.workspace, dryRun: options.dryRun,
                                  items: items.count, stages: [], failures: [], inputProblems: scan.problems,
                                  plan: options.dryRun ? [] : nil, seconds: 0, state: "running")
@@ -120,7 +147,6 @@ public final class RunDriver: Sendable {
         for stage in workflow.stages {
             if stopRequested.load(ordering: .relaxed) { interrupted = true; break }
             let impl = StageRegistry.all[stage.uses]!
-            let version = type(of: impl).version
             var line = RunSummary.StageLine(stage: stage.name, kind: stage.uses)
             let stageStart = Self.now()
 
@@ -147,39 +173,15 @@ public final class RunDriver: Sendable {
                 do { for o in try catalog.objects() { if let h = o.sha256 { recorded[o.uri] = h } } } catch { throw .catalog(error) }
             }
             var tasks: [TaskInput] = []
-            var keyParameters = stage.parameters
-            do {
-                if let extra = try impl.keyMaterial(parameters: stage.parameters, ctx: ctx) { keyParameters["(key material)"] = extra }
-            } catch {
-                throw .usage("stage \(stage.name) (\(stage.uses)): \(error.message)")
-            }
+            let keying = try StageKeying(stage: stage, ctx: ctx, runID: runID)
             if impl.granularity == .perItem {
-                for (item, art) in inputs {
-                    var idInput = impl.inputIdentity(art, item: item)
-                    if !impl.isSkippable(parameters: stage.parameters), let runID { idInput = .map(["file": idInput, "run": .string(runID)]) }
-                    let key = TaskKey.make(kind: stage.uses, version: version, parameters: keyParameters, input: idInput)
-                    tasks.append(TaskInput(key: key, runID: runID ?? "", stage: stage.name, kind: stage.uses, itemID: item.id, item: item,
-                                           input: art, directory: nil, group: nil, parameters: stage.parameters,
-                                           recordedSHA256: recorded[art.path] ?? art.sha256))
-                }
-            } else if let readme = impl as? ReadmeStage {
-                let members = inputs.map { TaskInput.GroupMember(itemID: $0.0.id, artifact: $0.1, fields: $0.0.fields) }
-                let withFields = members.filter { m in ReadmeStage.levelFields.allSatisfy { m.fields[$0] != nil } }
-                for m in members where !withFields.contains(where: { $0.itemID == m.itemID }) {
-                    summary.failures.append(.init(stage: stage.name, item: m.itemID, error: "\(m.artifact.path): no proposal/sample/experiment for a README; give the input a layout"))
+                for (item, art) in inputs { tasks.append(keying.task(item: item, artifact: art, recorded: recorded[art.path])) }
+            } else {
+                let (dirTasks, problems) = keying.directoryTasks(inputs, workflow: workflow, specSHA256: specSHA256)
+                tasks = dirTasks
+                for p in problems {
+                    summary.failures.append(.init(stage: stage.name, item: p.item, error: p.error))
                     line.failed += 1
-                }
-                for (dir, group) in readme.groups(withFields, outputRoot: workflow.outputs.root, parameters: stage.parameters) {
-                    let input = ParamValue.map([
-                        "directory": .string(dir),
-                        "members": .list(group.map { .map(["id": .string($0.itemID), "file": TaskKey.identity(of: $0.artifact),
-                                                           "fields": .map($0.fields.mapValues { .string($0) })]) }),
-                        "context": workflow.context, "workflow": .string(workflow.name), "spec": .string(specSHA256),
-                    ])
-                    let key = TaskKey.make(kind: stage.uses, version: version, parameters: stage.parameters, input: input)
-                    let rel = Path.relative(dir, to: workflow.outputs.root) ?? dir
-                    tasks.append(TaskInput(key: key, runID: runID ?? "", stage: stage.name, kind: stage.uses, itemID: rel, item: nil,
-                                           input: nil, directory: dir, group: group, parameters: stage.parameters, recordedSHA256: nil))
                 }
             }
 
@@ -329,10 +331,13 @@ public final class RunDriver: Sendable {
     }
 
 
-    func decodeResult(_ json: String) -> TaskResult? { try? JSONDecoder().decode(TaskResult.self, from: Data(json.utf8)) }
+    func decodeResult(_ json: String) -> TaskResult? { Self.decodeResult(json) }
+    static func decodeResult(_ json: String) -> TaskResult? { try? JSONDecoder().decode(TaskResult.self, from: Data(json.utf8)) }
+
+    func outputsExist(_ r: TaskResult) -> Bool { Self.outputsExist(r) }
 
     /// A done task counts only while what it produced is still there, unchanged in size.
-    func outputsExist(_ r: TaskResult) -> Bool {
+    static func outputsExist(_ r: TaskResult) -> Bool {
         if let a = r.artifact {
             guard let st = try? FileStatus.ifExists(path: a.path), st.size == a.size, st.mtimeNanoseconds == a.mtimeNanoseconds else { return false }
         }
@@ -347,7 +352,8 @@ public final class RunDriver: Sendable {
     func collectInterruptedRuns(_ options: RunOptions) throws(EngineError) {
         let runs: [RunRecord]
         do { runs = try catalog.unfinishedRuns() } catch { throw .catalog(error) }
-        for run in runs {
+        // Slurm runs are followed by their monitor: their jobs may still be running.
+        for run in runs where run.executor != "slurm" {
             let dir = Path.join(Path.join(runsDirectory, run.id), "results")
             var ingested = 0
             for stageDir in (try? listDirectory(dir)) ?? [] {

@@ -52,6 +52,8 @@ public struct ExecutorSpec: Sendable {
     public var jobs: Int? = nil
     /// A site profile (YAML) for the Slurm executor.
     public var site: String? = nil
+    /// Slurm: seconds between two squeue calls while waiting (default: the site's, else 30).
+    public var pollInterval: Double? = nil
     public init() {}
 }
 

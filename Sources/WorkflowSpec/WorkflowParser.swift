@@ -264,7 +264,7 @@ struct SpecParsing {
 
     mutating func parseExecutor(_ node: Node) -> ExecutorSpec {
         var e = ExecutorSpec()
-        guard let pairs = mapping(node, "executor", allowed: ["kind", "jobs", "site"]) else { return e }
+        guard let pairs = mapping(node, "executor", allowed: ["kind", "jobs", "site", "poll_interval"]) else { return e }
         for (k, _, v) in pairs {
             switch k {
             case "kind":
@@ -274,6 +274,8 @@ struct SpecParsing {
                 }
             case "jobs": e.jobs = int(v, "executor.jobs", min: 1)
             case "site": e.site = string(v, "executor.site").map(path)
+            case "poll_interval":
+                if let d = v.float, d >= 0.2, d <= 3600 { e.pollInterval = d } else { fail(v, "executor.poll_interval is seconds between 0.2 and 3600") }
             default: break
             }
         }

@@ -19,7 +19,7 @@ struct Emflow: ParsableCommand {
             3 environment problem (missing input, unwritable workspace, catalog); 130 interrupted.
             """,
         version: EmflowVersion.current,
-        subcommands: [RunCommand.self, ValidateCommand.self, StatusCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
+        subcommands: [RunCommand.self, ValidateCommand.self, StatusCommand.self, LogsCommand.self, CancelCommand.self, WorkerCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
                       ChecksumCommand.self, InspectCommand.self, S3Command.self, StagesCommand.self, VersionCommand.self])
 }
 

@@ -18,15 +18,21 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "List what would run and what is already done; change nothing.") var dryRun = false
     @Flag(help: "Print the summary as JSON.") var json = false
     @Flag(help: "No progress display.") var quiet = false
+    @Option(help: "local or slurm (default: the spec's executor.kind).") var executor: String?
+    @Flag(help: "Slurm: follow the run to its end with progress, then collect (default: submit and return).") var wait = false
+    @Option(help: "Slurm: seconds between two squeue calls while waiting (default: the spec's, the site's, else 30).") var pollInterval: Double?
 
     func validate() throws {
         if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+        if let executor, !["local", "slurm"].contains(executor) { throw ValidationError("--executor is local or slurm") }
+        if let p = pollInterval, p < 0.2 { throw ValidationError("--poll-interval must be at least 0.2 s") }
     }
 
     func run() throws {
         installStopHandlers()
         try failing {
             let driver = try RunDriver(specPath: spec)
+            if (executor ?? driver.workflow.executor.kind.rawValue) == "slurm" { return try runSlurm(driver) }
             var o = RunOptions()
             o.jobs = jobs
             o.dryRun = dryRun
@@ -37,6 +43,34 @@ struct RunCommand: ParsableCommand {
             if json { try printJSON(s) } else { printSummary(s) }
             if s.state != "succeeded" && !dryRun { throw ExitCode(Exit.itemsFailed) }
         }
+    }
+
+    func runSlurm(_ driver: RunDriver) throws {
+        var o = SlurmOptions()
+        o.dryRun = dryRun
+        o.wait = wait
+        o.pollInterval = pollInterval
+        o.progress = !quiet && !json
+        let quiet = self.quiet, json = self.json
+        o.log = { line in if !quiet && !json { printError(line) } }
+        let sub = try SlurmExecutor(driver: driver).run(o)
+        if json { try printJSON(sub) }
+        else if dryRun {
+            print("dry run of \(sub.workflow) with the Slurm executor: \(sub.items) item(s), \(sub.arrays.count) array(s) to submit")
+            for (stage, n) in sub.skipped.sorted(by: { $0.key < $1.key }) where n > 0 { print("  \(stage): \(n) task(s) already done") }
+            for a in sub.arrays {
+                print("\n# ---- stage \(a.stage): \(a.tasks) array task(s) × \(a.itemsPerTask) item(s)" + (a.dependency.map { ", after \($0)" } ?? ""))
+                print(a.text ?? "", terminator: "")
+            }
+        } else if let s = sub.summary {
+            printSummary(s)
+        } else if let attached = sub.attachedTo {
+            print("run \(attached) is still in Slurm; nothing submitted (emflow status \(attached) --wait)")
+        } else {
+            print("run \(sub.runID ?? "-") submitted: \(sub.arrays.count) array(s), jobs \(sub.arrays.compactMap(\.jobID).joined(separator: " ")); " +
+                  "follow with: emflow status \(sub.runID ?? "") [--wait]")
+        }
+        if let s = sub.summary, s.state != "succeeded" { throw ExitCode(Exit.itemsFailed) }
     }
 
     func printSummary(_ s: RunSummary) {

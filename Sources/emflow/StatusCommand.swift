@@ -33,6 +33,7 @@ struct StatusCommand: ParsableCommand {
     @OptionGroup var where_: WorkspaceOptions
     @Flag(help: "List all runs instead of one run's detail.") var all = false
     @Flag(help: "List the failed tasks with their errors.") var failed = false
+    @Flag(help: "Slurm runs: follow the run until Slurm has nothing left of it, then finish it.") var wait = false
     @Flag(help: "Print as JSON.") var json = false
 
     struct RunDetail: Encodable {
@@ -54,11 +55,22 @@ struct StatusCommand: ParsableCommand {
                 if runs.isEmpty { print("no runs yet") }
                 return
             }
-            guard let record = runID.map({ id in runs.first { $0.id == id || $0.id.hasPrefix(id) } }) ?? runs.first else {
+            guard var record = runID.map({ id in runs.first { $0.id == id || $0.id.hasPrefix(id) } }) ?? runs.first else {
                 if let run = runID {
                     throw EngineError.usage("no run '\(run)' in this workspace; runs: \(runs.prefix(10).map(\.id).joined(separator: ", "))\(runs.isEmpty ? "(none)" : "")")
                 }
                 throw EngineError.usage("no runs in this workspace yet")
+            }
+            var inSlurm = 0
+            if record.executor == "slurm" && (record.state == "running" || wait) {
+                // Collect what the workers wrote (and finish the run once Slurm has nothing left of it).
+                do {
+                    inSlurm = try SlurmExecutor.forRun(workspace: try where_.resolve(), runID: record.id)
+                        .refresh(runID: record.id, wait: wait, progress: !json) { line in if !json { printError(line) } }
+                    record = try catalog.run(id: record.id) ?? record
+                } catch let e as EngineError {
+                    if case .usage(let m) = e, m.contains("another emflow run") { printError("note: \(m); showing the catalog as it is") } else { throw e }
+                }
             }
             let stages = try catalog.stageCounts(runID: record.id)
             var failures: [RunDetail.Failure]? = nil
@@ -69,6 +81,7 @@ struct StatusCommand: ParsableCommand {
             if json { try printJSON(RunDetail(run: record, stages: stages, failures: failed ? failures : nil)); return }
             print("run \(record.id): \(record.workflow), \(record.state), \(record.items) item(s), started \(Self.time(record.startedAt))" +
                   (record.finishedAt.map { ", took \(ProgressReporter.duration($0 - record.startedAt))" } ?? ""))
+            if inSlurm > 0 { print("  in Slurm: \(inSlurm) array task(s) queued or running (emflow status \(record.id) --wait follows them)") }
             for s in stages {
                 let order = ["succeeded", "skipped", "failed", "blocked"]
                 let parts = order.compactMap { k in s.counts[k].map { "\($0) \(k == "skipped" ? "already done" : k)" } }
