@@ -70,7 +70,11 @@ public struct Packing: Sendable, Equatable, Codable {
     public var slices: Int
     /// Arrays to submit: slice offset and task count (count ≤ MaxArraySize).
     public var arrays: [Part]
-    public struct Part: Sendable, Equatable, Codable { public var offset: Int; public var count: Int }
+    public struct Part: Sendable, Equatable, Codable {
+        public var offset: Int
+        public var count: Int
+        public init(offset: Int, count: Int) { self.offset = offset; self.count = count }
+    }
 
     /// - items: tasks of the stage; batch: the spec's `batch:` (nil: choose);
     ///   perItemSeconds: expected run time of one item; timeLimitSeconds: the job's `time:`;

@@ -223,3 +223,76 @@ public final class S3TestServer: @unchecked Sendable {
         return env.merging(extra) { _, b in b }
     }
 }
+
+/// A real single-machine Slurm cluster (scripts/slurm-cluster) in a temporary directory, stopped by
+/// its PIDs when the test process exits. `shared` is the default one (16 claimed CPUs, MaxArraySize
+/// 50 so that array splitting is exercised); tests that need other settings start their own.
+public final class SlurmTestCluster: @unchecked Sendable {
+    public let directory: String
+    public var conf: String { directory + "/slurm.conf" }
+    public static let script = Tools.packageRoot + "/scripts/slurm-cluster"
+    nonisolated(unsafe) static var started: [SlurmTestCluster] = []
+
+    public static let shared: Result<SlurmTestCluster, Missing> = start(["--cpus", "16", "--max-array-size", "50"])
+
+    /// The shared cluster, or an error (failing the test, never skipping it) saying why there is none.
+    public static func require() throws -> SlurmTestCluster { try shared.get() }
+
+    public static func start(_ options: [String]) -> Result<SlurmTestCluster, Missing> {
+        let dir = NSTemporaryDirectory() + "emflow-slurm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        guard let out = try? ProcessRunner.run(script, ["start", dir] + options) else { return .failure(Missing(reason: "cannot run \(script)")) }
+        guard out.status == 0 else {
+            return .failure(Missing(reason: "scripts/slurm-cluster start failed (\(out.status)): \(out.stderr); run scripts/bootstrap --slurm"))
+        }
+        let c = SlurmTestCluster(directory: dir)
+        if started.isEmpty { atexit { for c in SlurmTestCluster.started { c.stop() } } }
+        started.append(c)
+        return .success(c)
+    }
+
+    public struct Missing: Error, CustomStringConvertible {
+        public let reason: String
+        public var description: String { "the Slurm test cluster did not start: \(reason)" }
+    }
+
+    init(directory: String) { self.directory = directory }
+
+    public func stop() {
+        _ = try? ProcessRunner.run(Self.script, ["stop", directory])
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+    public func stopController() { _ = try? ProcessRunner.run(Self.script, ["stop-ctld", directory]) }
+    @discardableResult
+    public func startController() -> Bool { (try? ProcessRunner.run(Self.script, ["start-ctld", directory]))?.status == 0 }
+
+    /// The environment for emflow and Slurm's tools; with `counter`, its wrappers come first on PATH.
+    public func environment(counter: SlurmCallCounter? = nil, extra: [String: String] = [:]) -> [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["SLURM_CONF"] = conf
+        if let counter { env["PATH"] = counter.directory + ":" + (env["PATH"] ?? "/usr/bin:/bin") }
+        return env.merging(extra) { _, b in b }
+    }
+}
+
+/// Counts calls of Slurm's tools through wrappers on PATH that log each call, then run the real one.
+public final class SlurmCallCounter: @unchecked Sendable {
+    public let directory: String
+    public static let tools = ["sbatch", "squeue", "sacct", "scontrol", "scancel"]
+
+    public init(in dir: String) throws {
+        directory = dir + "/slurm-wrappers"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for tool in Self.tools {
+            let real = ["/usr/bin/\(tool)", "/usr/local/bin/\(tool)"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/\(tool)"
+            let path = directory + "/" + tool
+            try "#!/bin/sh\necho \(tool) >> '\(directory)/calls.log'\nexec \(real) \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+            chmod(path, 0o755)
+        }
+    }
+
+    public func count(_ tool: String) -> Int {
+        ((try? String(contentsOfFile: directory + "/calls.log", encoding: .utf8)) ?? "").split(separator: "\n").filter { $0 == tool }.count
+    }
+
+    public func reset() { try? FileManager.default.removeItem(atPath: directory + "/calls.log") }
+}
