@@ -92,7 +92,13 @@ public final class SlurmExecutor: Sendable {
         if !options.dryRun {
             try driver.collectInterruptedRuns(RunOptions.logging(options.log))
             for run in try unfinishedSlurmRuns() {
-                let monitor = try SlurmMonitor(executor: self, runID: run.id, commands: commands, log: options.log)
+                let monitor: SlurmMonitor
+                do { monitor = try SlurmMonitor(executor: self, runID: run.id, commands: commands, log: options.log) } catch {
+                    // Stopped before its first sbatch: nothing of it is in Slurm.
+                    options.log("run \(run.id) never reached Slurm (\(error)); marking it interrupted")
+                    do { try catalog.finish(runID: run.id, state: "interrupted", at: RunDriver.now()) } catch { throw .catalog(error) }
+                    continue
+                }
                 let active = try monitor.poll()
                 try monitor.collect()
                 if active > 0 && !options.wait {
@@ -124,6 +130,10 @@ public final class SlurmExecutor: Sendable {
                              specBase: (Path.resolve(workflow.sourceFile, against: currentDirectory()) as NSString).deletingLastPathComponent,
                              specSHA256: driver.specSHA256, emflow: emflow, pollInterval: pollInterval(options),
                              accounting: config.hasAccounting, stages: [])
+        // The run directory goes into #SBATCH lines (logs): say so before anything is created.
+        guard Shell.isSbatchSafe(files.logsDir) else {
+            throw .usage("the run directory \(runDir) has characters an #SBATCH line cannot carry (spaces, quotes, $, `, \\ or newlines); set workspace: in the spec to a plain path")
+        }
         var submission = SlurmSubmission(runID: options.dryRun ? nil : runID, workflow: workflow.name, items: items.count,
                                          arrays: [], skipped: [:], sbatchCalls: 0, attachedTo: nil, summary: nil)
         if !options.dryRun {

@@ -48,7 +48,7 @@ public struct ChecksumStage: Stage {
     public func finish(stage: StageSpec, results: [TaskResult], catalog: Catalog, ctx: TaskContext) throws(StageError) -> [OutputInfo] {
         guard stage.parameters["manifest"]?.boolValue != false else { return [] }
         var dirs = Set<String>()
-        for r in results where r.state == .succeeded { if let a = r.artifact { dirs.insert(Path.directory(of: a.path)) } }
+        for r in results where r.state != .failed { if let a = r.artifact { dirs.insert(Path.directory(of: a.path)) } }
         var outputs: [OutputInfo] = []
         for dir in dirs.sorted() {
             let sums: [(name: String, sha256: String)]

@@ -163,7 +163,7 @@ public struct PublishStage: Stage {
     public func finish(stage: StageSpec, results: [TaskResult], catalog: Catalog, ctx: TaskContext) throws(StageError) -> [OutputInfo] {
         struct Published { var uri: S3URI; var size: Int64; var sha256: String; var fields: [String: String]; var itemID: String }
         var published: [Published] = []
-        for r in results where r.state == .succeeded {
+        for r in results where r.state != .failed {
             for o in r.objects { if let u = S3URI(o.path), let s = o.sha256 { published.append(.init(uri: u, size: o.size, sha256: s, fields: o.fields, itemID: r.itemID)) } }
         }
         guard !published.isEmpty else { return [] }
