@@ -42,7 +42,7 @@ struct LogsCommand: ParsableCommand {
             var logs: [ItemLog]
             if record.executor == "slurm" {
                 let ex = try SlurmExecutor.forRun(workspace: ws, runID: record.id)
-                if record.state == "running" { try? ex.refresh(runID: record.id, wait: false, progress: false) { _ in } }
+                if record.state == "running" { _ = try? ex.refresh(runID: record.id, wait: false, progress: false) { _ in } }
                 logs = try ex.itemLogs(runID: record.id, failedOnly: failed, lines: lines)
             } else {
                 logs = try catalog.tasks(runID: record.id).filter { !failed || ["failed", "cancelled", "blocked"].contains($0.state) }.map {

@@ -58,6 +58,7 @@ struct RunCommand: ParsableCommand {
         else if dryRun {
             print("dry run of \(sub.workflow) with the Slurm executor: \(sub.items) item(s), \(sub.arrays.count) array(s) to submit")
             for (stage, n) in sub.skipped.sorted(by: { $0.key < $1.key }) where n > 0 { print("  \(stage): \(n) task(s) already done") }
+            for stage in sub.driverStages { print("  \(stage): runs in the driver once the arrays have ended (emflow run --wait, or emflow status)") }
             for a in sub.arrays {
                 print("\n# ---- stage \(a.stage): \(a.tasks) array task(s) × \(a.itemsPerTask) item(s)" + (a.dependency.map { ", after \($0)" } ?? ""))
                 print(a.text ?? "", terminator: "")

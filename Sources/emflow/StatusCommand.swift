@@ -55,12 +55,7 @@ struct StatusCommand: ParsableCommand {
                 if runs.isEmpty { print("no runs yet") }
                 return
             }
-            guard var record = runID.map({ id in runs.first { $0.id == id || $0.id.hasPrefix(id) } }) ?? runs.first else {
-                if let run = runID {
-                    throw EngineError.usage("no run '\(run)' in this workspace; runs: \(runs.prefix(10).map(\.id).joined(separator: ", "))\(runs.isEmpty ? "(none)" : "")")
-                }
-                throw EngineError.usage("no runs in this workspace yet")
-            }
+            var record = try findRun(runID, in: catalog)
             var inSlurm = 0
             if record.executor == "slurm" && (record.state == "running" || wait) {
                 // Collect what the workers wrote (and finish the run once Slurm has nothing left of it).

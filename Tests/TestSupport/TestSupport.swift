@@ -242,7 +242,7 @@ public final class SlurmTestCluster: @unchecked Sendable {
         let dir = NSTemporaryDirectory() + "emflow-slurm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         guard let out = try? ProcessRunner.run(script, ["start", dir] + options) else { return .failure(Missing(reason: "cannot run \(script)")) }
         guard out.status == 0 else {
-            return .failure(Missing(reason: "scripts/slurm-cluster start failed (\(out.status)): \(out.stderr); run scripts/bootstrap --slurm"))
+            return .failure(Missing(reason: "scripts/slurm-cluster start failed (\(out.status)): \(out.stderr); scripts/bootstrap installs Slurm, munge and MariaDB"))
         }
         let c = SlurmTestCluster(directory: dir)
         if started.isEmpty { atexit { for c in SlurmTestCluster.started { c.stop() } } }

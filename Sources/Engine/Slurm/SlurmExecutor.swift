@@ -34,6 +34,8 @@ public struct SlurmSubmission: Codable, Sendable {
     public var items: Int
     public var arrays: [Array]
     public var skipped: [String: Int]
+    /// Per-directory stages, which the driver runs once the arrays have ended.
+    public var driverStages: [String] = []
     public var sbatchCalls: Int
     /// A run still in Slurm that this invocation followed or left alone instead of submitting.
     public var attachedTo: String?
@@ -158,6 +160,7 @@ public final class SlurmExecutor: Sendable {
             if impl.granularity == .perDirectory {
                 plan.stages.append(.init(name: stage.name, kind: stage.uses, perDirectory: true, needs: stage.needs, items: 0, skipped: 0,
                                          batch: 0, slices: 0, arrays: []))
+                submission.driverStages.append(stage.name)
                 continue
             }
             var recorded: [String: String] = [:]

@@ -143,6 +143,9 @@ final class SlurmMonitor {
         let start = Date()
         let terminal = progress && isTerminal(2)
         var lastLine = ""
+        // Short runs end between polls: start at 1 s and double up to the interval (a few extra
+        // squeue calls at the start, none later).
+        var pause = min(1, interval)
         while true {
             let active = try poll()
             try collect()
@@ -164,7 +167,8 @@ final class SlurmMonitor {
                 else if line != lastLine { FileHandle.standardError.write(Data((line + "\n").utf8)) }
                 lastLine = line
             }
-            Thread.sleep(forTimeInterval: interval)
+            Thread.sleep(forTimeInterval: pause)
+            pause = min(pause * 2, interval)
         }
         if terminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         return try finish(cancelled: cancelled)
