@@ -335,12 +335,16 @@ final class SlurmWorkflowTests: XCTestCase {
               ingest: {uses: ingest}
               checksum: {uses: checksum, needs: [ingest]}
             """)
-        let r3 = try emflow(["run", "--wait", odd], cluster: cluster, counter: counter)
+        // Credentials in the environment reach jobs through sbatch's export, never through files.
+        let secret = "emflowSecret" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        let r3 = try ProcessRunner.run(Tools.emflow, ["run", "--wait", odd],
+                                       environment: cluster.environment(counter: counter, extra: ["AWS_SECRET_ACCESS_KEY": secret]), cwd: t.path)
         XCTAssertEqual(r3.status, 0, r3.combined)
         XCTAssertTrue(r3.stdout.contains("ingest: 4 done"), r3.stdout)
         XCTAssertFalse(FileManager.default.fileExists(atPath: pwned), "nothing was executed")
         let script = try ProcessRunner.shell("cat \(t.path)/managed/.emflow/runs/*/slurm/ingest/array-0.sh")
         XCTAssertTrue(script.stdout.contains("#SBATCH --job-name=emflow-we__touch_"), script.stdout)
-        XCTAssertFalse(script.stdout.contains("AWS_SECRET"), "no environment values in scripts")
+        let leaks = try ProcessRunner.run("/bin/grep", ["-rl", secret, t.file("managed/.emflow")])
+        XCTAssertEqual(leaks.stdout, "", "the secret is in no script, log, result or catalog file")
     }
 }
