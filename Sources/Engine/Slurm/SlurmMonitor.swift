@@ -19,8 +19,9 @@ final class SlurmMonitor {
     var states: ArrayTaskStates
     var offsets: [String: Int] = [:]
     var cancelled = false
-    /// stage → item → best result seen.
-    var results: [String: [String: TaskResult]] = [:]
+    /// stage → item → whether its best result so far is a success (results themselves go to the
+    /// catalog: a run of 10^5 items keeps only this in memory).
+    var results: [String: [String: Bool]] = [:]
 
     var catalog: Catalog { executor.catalog }
 
@@ -112,7 +113,7 @@ final class SlurmMonitor {
                 let dec = JSONDecoder()
                 for line in bytes[start...lastNL].split(separator: 0x0A) {
                     guard let r = try? dec.decode(TaskResult.self, from: Data(line)) else { continue }
-                    results[st.name, default: [:]].merge(r)
+                    if results[st.name]?[r.itemID] != true { results[st.name, default: [:]][r.itemID] = r.isSuccess }
                     let json = String(decoding: line, as: UTF8.self)
                     if r.state == .skipped {
                         var t = r.taskRecord(json: json)
@@ -123,6 +124,10 @@ final class SlurmMonitor {
                     }
                 }
                 offsets[path] = lastNL + 1
+                if batch.count >= 5000 {
+                    do { try catalog.record(batch: batch) } catch { throw .catalog(error) }
+                    batch.removeAll(keepingCapacity: true)
+                }
             }
         }
         do { try catalog.record(batch: batch) } catch { throw .catalog(error) }
@@ -133,7 +138,7 @@ final class SlurmMonitor {
     func counts() -> [(String, Counts)] {
         plan.stages.filter { !$0.perDirectory }.map { st in
             var c = Counts(total: st.items)
-            for r in (results[st.name] ?? [:]).values { if r.isSuccess { c.done += 1 } else { c.failed += 1 } }
+            for ok in (results[st.name] ?? [:]).values { if ok { c.done += 1 } else { c.failed += 1 } }
             return (st.name, c)
         }
     }
@@ -179,15 +184,14 @@ final class SlurmMonitor {
     func finish(cancelled: Bool) throws(EngineError) -> RunSummary {
         let driver = executor.driver
         let workflow = executor.workflow
-        // All results, from the start of each file (a fresh monitor may have seen none yet).
-        offsets = [:]
+        // The results not collected yet (all of them for a monitor that has just started).
         try collect()
         let wasCancelled = cancelled || states.tasks.values.contains { $0.state == JobState.cancelled.rawValue }
         var bad: [String: Set<String>] = [:]   // stage → items failed or not run
         var records: [TaskRecord] = []
         for st in plan.stages where !st.perDirectory {
             let got = results[st.name] ?? [:]
-            for (item, r) in got where !r.isSuccess { bad[st.name, default: []].insert(item) }
+            for (item, ok) in got where !ok { bad[st.name, default: []].insert(item) }
             for slice in 0..<st.slices {
                 guard let entries = try? files.readSlice(st.name, slice) else { continue }
                 for e in entries where got[e.itemID] == nil {
