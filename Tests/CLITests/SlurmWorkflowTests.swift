@@ -347,4 +347,37 @@ final class SlurmWorkflowTests: XCTestCase {
         let leaks = try ProcessRunner.run("/bin/grep", ["-rl", secret, t.file("managed/.emflow")])
         XCTAssertEqual(leaks.stdout, "", "the secret is in no script, log, result or catalog file")
     }
+
+    /// TIFF → NXem as Slurm arrays (the mapping folder's hash computed in each worker): the files
+    /// the array tasks write are valid NXem for pynxtools, and a re-run submits nothing.
+    func testConversionUnderSlurmWritesValidNXem() throws {
+        let cluster = try SlurmTestCluster.require()
+        let counter = try SlurmCallCounter(in: t.path)
+        let fixtures = try Fixtures.vendorSet(in: t.file("fixtures"), size: 64)
+        let names = ["fei_helios.tif", "zeiss_sigma.tif", "jeol_jsm.tif", "tvips_camera.tif"]
+        try FileManager.default.createDirectory(atPath: t.file("drop/P1/S1/E1"), withIntermediateDirectories: true)
+        for n in names { _ = try ProcessRunner.run("/bin/cp", [fixtures[n]!, t.file("drop/P1/S1/E1/")]) }
+        _ = try ProcessRunner.run("/bin/cp", [t.file("fixtures/jeol_jsm.txt"), t.file("drop/P1/S1/E1/")])
+        let spec = t.write("spec.yaml", """
+            name: slurm-convert
+            inputs: [{path: drop, include: ["**/*.tif"], layout: "{proposal}/{sample}/{experiment}/{file}"}]
+            outputs: {root: managed}
+            executor: {kind: slurm, site: \(site())}
+            stages:
+              ingest: {uses: ingest}
+              checksum: {uses: checksum, needs: [ingest]}
+              convert: {uses: convert, needs: [checksum], with: {to: nxem, mappings: \(Tools.packageRoot)/Mappings, timezone: Europe/Rome}, resources: {batch: 2}}
+            """)
+        let run = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
+        XCTAssertEqual(run.status, 0, run.combined)
+        XCTAssertTrue(run.stdout.contains("convert: 4 done"), run.stdout)
+        let nxs = names.map { t.file("managed/P1/S1/E1/nexus/\($0.dropLast(4)).nxs") }
+        XCTAssertEqual(try NexusValidator.problems(nxs), [:])
+        counter.reset()
+        let again = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
+        XCTAssertEqual(again.status, 0, again.combined)
+        XCTAssertEqual(counter.count("sbatch"), 0, again.combined)
+        XCTAssertTrue(again.stdout.contains("convert: 0 done, 4 already done"), again.stdout)
+    }
+
 }
