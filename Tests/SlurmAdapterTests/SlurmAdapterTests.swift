@@ -99,7 +99,9 @@ final class SlurmParsingTests: XCTestCase {
         cmd.log = { said.add($0) }
         cmd.patience = 120
         // Slurm's clients themselves wait 9-18 s for a controller before giving up: stay down longer.
-        DispatchQueue.global().asyncAfter(deadline: .now() + 25) { cluster.startController() }
+        let restarted = DispatchSemaphore(value: 0)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 25) { cluster.startController(); restarted.signal() }
+        defer { restarted.wait() }   // the restart script ends before the test does
         let q = try cmd.queue(jobs: [id])
         XCTAssertTrue(said.lines.contains { $0.contains("slurmctld is not answering") }, "\(said.lines)")
         XCTAssertTrue(q.allSatisfy { $0.arrayJobID == id })
