@@ -240,6 +240,16 @@ public final class Catalog: Sendable {
 
     // MARK: - Objects and outputs
 
+    /// The SHA-256 recorded for each managed file that has one, by URI (what verification compares with).
+    public func recordedSums() throws(CatalogError) -> [String: String] {
+        try read { db in
+            var out: [String: String] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT uri, sha256 FROM objects WHERE sha256 IS NOT NULL")
+            while let r = try rows.next() { out[r["uri"]] = r["sha256"] }
+            return out
+        }
+    }
+
     public func objects(prefix: String? = nil, proposal: String? = nil, limit: Int? = nil) throws(CatalogError) -> [ObjectRecord] {
         try read { db in
             var q = ObjectRecord.order(Column("uri"))

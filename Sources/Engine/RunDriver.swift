@@ -83,6 +83,15 @@ public final class RunDriver: Sendable {
 
     static func now() -> Double { Date().timeIntervalSince1970 }
 
+    /// s3:// items reach stages only through a stage-in (whatever the executor).
+    func checkFirstStages(_ items: [Item]) throws(EngineError) {
+        if items.contains(where: { $0.source.isS3 }) {
+            for stage in workflow.stages where stage.needs.isEmpty && stage.uses != StageInStage.kind {
+                throw .usage("stage \(stage.name) (\(stage.uses)) would read s3:// inputs directly; add a stage-in stage (uses: stage-in) and make \(stage.name) need it")
+            }
+        }
+    }
+
     /// What tasks of this workflow may use.
     func context(reportBytes: @escaping @Sendable (Int) -> Void = { _ in }) -> TaskContext {
         Self.context(workflow: workflow, specSHA256: specSHA256, reportBytes: reportBytes)
@@ -112,11 +121,7 @@ public final class RunDriver: Sendable {
         let scan = try InputScanner.scan(workflow, skip: [workflow.workspace])
         let items = scan.items
         for p in scan.problems { options.log("input problem: \(p)") }
-        if items.contains(where: { $0.source.isS3 }) {
-            for stage in workflow.stages where stage.needs.isEmpty && stage.uses != StageInStage.kind {
-                throw .usage("stage \(stage.name) (\(stage.uses)) would read s3:// inputs directly; add a stage-in stage (uses: stage-in) and make \(stage.name) need it")
-            }
-        }
+        try checkFirstStages(items)
 
         let done: [String: String]
         do { done = try catalog.succeededResults() } catch { throw .catalog(error) }
@@ -167,13 +172,9 @@ public final class RunDriver: Sendable {
                 }
             }
 
-            // Verification compares with the sums the catalog recorded, whatever produced them.
-            var recorded: [String: String] = [:]
-            if !impl.isSkippable(parameters: stage.parameters) {
-                do { for o in try catalog.objects() { if let h = o.sha256 { recorded[o.uri] = h } } } catch { throw .catalog(error) }
-            }
             var tasks: [TaskInput] = []
             let keying = try StageKeying(stage: stage, ctx: ctx, runID: runID)
+            let recorded = try keying.recordedSums(catalog)
             if impl.granularity == .perItem {
                 for (item, art) in inputs { tasks.append(keying.task(item: item, artifact: art, recorded: recorded[art.path])) }
             } else {
@@ -191,7 +192,7 @@ public final class RunDriver: Sendable {
             var stageAfter: [String: Artifact] = [:]
             var skipRecords: [TaskRecord] = []
             for t in tasks {
-                if impl.isSkippable(parameters: stage.parameters), let json = done[t.key], let prior = decodeResult(json), outputsExist(prior) {
+                if let (json, prior) = keying.doneBefore(t, done: done) {
                     skippedResults.append(prior)
                     if let a = prior.artifact { stageAfter[t.itemID] = a }
                     line.skipped += 1

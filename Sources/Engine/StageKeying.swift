@@ -1,5 +1,6 @@
 import POSIXFiles
 import WorkflowSpec
+import Catalog
 
 /// How one stage's tasks get their keys: the same for the local driver, the Slurm planner and a
 /// Slurm worker (which computes the key of an item whose input an upstream array task produced).
@@ -35,6 +36,20 @@ struct StageKeying: Sendable {
         return TaskInput(key: key, runID: runID ?? "", stage: stage.name, kind: stage.uses, itemID: item.id, item: item,
                          input: artifact, directory: nil, group: nil, parameters: stage.parameters,
                          recordedSHA256: recorded ?? artifact.sha256)
+    }
+
+    /// The earlier result of `task` when it may be skipped: a succeeded record of its key (`done`:
+    /// key → result JSON) whose outputs are still there. Verification stages are never skipped.
+    func doneBefore(_ task: TaskInput, done: [String: String]) -> (json: String, result: TaskResult)? {
+        guard skippable, let json = done[task.key], let r = RunDriver.decodeResult(json), RunDriver.outputsExist(r) else { return nil }
+        return (json, r)
+    }
+
+    /// Verification compares with the sums the catalog recorded, whatever produced them; other
+    /// stages need none.
+    func recordedSums(_ catalog: Catalog) throws(EngineError) -> [String: String] {
+        guard !skippable else { return [:] }
+        do { return try catalog.recordedSums() } catch { throw .catalog(error) }
     }
 
     struct Problem: Sendable { var item: String; var error: String }

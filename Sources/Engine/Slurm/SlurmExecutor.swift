@@ -163,10 +163,9 @@ public final class SlurmExecutor: Sendable {
                 submission.driverStages.append(stage.name)
                 continue
             }
-            var recorded: [String: String] = [:]
+            let recorded = try keying.recordedSums(catalog)
             var prior: [String: (key: String, result: String)] = [:]
             do {
-                if !keying.skippable { for o in try catalog.objects() { if let h = o.sha256 { recorded[o.uri] = h } } }
                 if stage.needs.contains(where: { pending[$0]?.isEmpty == false }) { prior = try catalog.latestResults(stage: stage.name) }
             } catch { throw .catalog(error) }
 
@@ -185,7 +184,7 @@ public final class SlurmExecutor: Sendable {
                 guard reachable else { continue }
                 if ups.isEmpty, let input {
                     let t = keying.task(item: item, artifact: input, recorded: recorded[input.path])
-                    if keying.skippable, let json = done[t.key], let r = RunDriver.decodeResult(json), RunDriver.outputsExist(r) {
+                    if let (json, r) = keying.doneBefore(t, done: done) {
                         if let a = r.artifact { stageKnown[item.id] = a }
                         skipRecords.append(TaskRecord(runID: runID, key: t.key, stage: stage.name, kind: stage.uses, item: item.id,
                                                       state: "skipped", tries: 0, startedAt: nil, finishedAt: nil, bytes: 0, error: nil, result: json))
@@ -248,7 +247,6 @@ public final class SlurmExecutor: Sendable {
                 }
             }
             plan.stages.append(stagePlan)
-            if options.dryRun == false { do { try files.save(plan) } catch { throw .input("cannot write \(files.planPath): \(error)") } }
         }
         if options.dryRun { return submission }
         do { try files.save(plan) } catch { throw .input("cannot write \(files.planPath): \(error)") }
@@ -285,11 +283,7 @@ public final class SlurmExecutor: Sendable {
                 throw .usage("stage \(stage.name) (\(stage.uses)) asks for ranks: \(r), but \(stage.uses) is not an MPI stage; remove ranks")
             }
         }
-        if items.contains(where: { $0.source.isS3 }) {
-            for stage in workflow.stages where stage.needs.isEmpty && stage.uses != StageInStage.kind {
-                throw .usage("stage \(stage.name) (\(stage.uses)) would read s3:// inputs directly; add a stage-in stage (uses: stage-in) and make \(stage.name) need it")
-            }
-        }
+        try driver.checkFirstStages(items)
     }
 
     /// sbatch options that map one to one from `resources:`.

@@ -216,14 +216,18 @@ final class SlurmMonitor {
         let ctx = driver.context()
         var summaryFailures: [RunSummary.Failure] = []
         if !wasCancelled {
-            // Per-directory stages (README per level) over the artifacts of their first need.
-            for st in plan.stages where st.perDirectory {
+            // Per-directory stages (README per level) over the artifacts of their first need; the
+            // items (for their proposal/sample/experiment) are listed once, and only when needed.
+            var itemsByID: [String: Item] = [:]
+            let directoryStages = plan.stages.filter(\.perDirectory)
+            if !directoryStages.isEmpty {
+                itemsByID = Dictionary(try InputScanner.scan(workflow, skip: [workflow.workspace]).items.map { ($0.id, $0) },
+                                       uniquingKeysWith: { a, _ in a })
+            }
+            for st in directoryStages {
                 guard let spec = workflow.stage(named: st.name) else { continue }
                 let keying = try StageKeying(stage: spec, ctx: ctx, runID: runID)
                 let need = spec.needs.first
-                let itemsByID: [String: Item]
-                do { itemsByID = try Dictionary(InputScanner.scan(workflow, skip: [workflow.workspace]).items.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a }) }
-                catch { throw error }
                 var inputs: [(Item, Artifact)] = []
                 if let need {
                     let recs: [TaskRecord]
@@ -242,7 +246,7 @@ final class SlurmMonitor {
                                startedAt: nil, finishedAt: RunDriver.now(), bytes: 0, error: $0.error, result: nil)
                 }
                 for t in tasks {
-                    if keying.skippable, let json = done[t.key], let prior = RunDriver.decodeResult(json), RunDriver.outputsExist(prior) {
+                    if let (json, _) = keying.doneBefore(t, done: done) {
                         recs.append(TaskRecord(runID: runID, key: t.key, stage: st.name, kind: st.kind, item: t.itemID, state: "skipped", tries: 0,
                                                startedAt: nil, finishedAt: nil, bytes: 0, error: nil, result: json))
                         continue
@@ -278,8 +282,9 @@ final class SlurmMonitor {
             counts = try catalog.stageCounts(runID: runID)
             failedTasks = try catalog.tasks(runID: runID).filter { $0.state == "failed" || $0.state == "cancelled" }
         } catch { throw .catalog(error) }
+        let record = (try? catalog.run(id: runID)) ?? nil
         var summary = RunSummary(runID: runID, workflow: plan.workflow, workspace: workflow.workspace, dryRun: false,
-                                 items: (try? catalog.run(id: runID))??.items ?? 0, stages: [], failures: summaryFailures,
+                                 items: record?.items ?? 0, stages: [], failures: summaryFailures,
                                  inputProblems: [], plan: nil, seconds: 0, state: "")
         for st in plan.stages {
             let c = counts.first { $0.stage == st.name }?.counts ?? [:]
@@ -296,8 +301,7 @@ final class SlurmMonitor {
         summary.failures += failedTasks.map { .init(stage: $0.stage, item: $0.item, error: $0.error ?? $0.state) }
         let failed = summary.stages.contains { $0.failed + $0.blocked > 0 } || !summaryFailures.isEmpty
         summary.state = wasCancelled ? "cancelled" : (failed ? "failed" : "succeeded")
-        let startedAt = (try? catalog.run(id: runID))??.startedAt ?? RunDriver.now()
-        summary.seconds = RunDriver.now() - startedAt
+        summary.seconds = RunDriver.now() - (record?.startedAt ?? RunDriver.now())
         do { try catalog.finish(runID: runID, state: summary.state, at: RunDriver.now()) } catch { throw .catalog(error) }
         if let data = try? JSONEncoder.sorted.encode(summary) {
             try? AtomicFile.write(Array(data), to: Path.join(files.runDir, "summary.json"), durable: false)
