@@ -281,7 +281,8 @@ final class SlurmWorkflowTests: XCTestCase {
         XCTAssertTrue(logs.stdout.contains("CANCELLED"), logs.stdout)
         try FileManager.default.removeItem(atPath: slow)
         let again = try emflow(["run", "--wait", spec], cluster: cluster)
-        XCTAssertEqual(again.status, 0, again.combined)
+        let why = again.status == 0 ? "" : (try emflow(["logs", "--failed", "--spec", spec], cluster: cluster)).stdout
+        XCTAssertEqual(again.status, 0, again.combined + why)
         XCTAssertTrue(again.stdout.contains("ingest: 12 done"), again.stdout)
         let unknown = try emflow(["logs", "nosuchrun", "--spec", spec], cluster: cluster)
         XCTAssertEqual(unknown.status, 2)
