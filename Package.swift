@@ -24,9 +24,9 @@ let libraries: [Target] = [
     .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
-    .target(name: "EMFormats", dependencies: ["CTIFF", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
+    .target(name: "EMFormats", dependencies: ["CTIFF", "POSIXFiles", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "S3Stage", dependencies: ["CCurl", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
-    .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles"], exclude: ["README.md"]),
+    .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles", "EMFormats"], exclude: ["README.md"]),
     .target(name: "SlurmAdapter", dependencies: [], exclude: ["README.md"]),
     .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage", "SlurmAdapter"], exclude: ["README.md"]),
 ]

@@ -46,6 +46,30 @@ static inline hsize_t emflow_h5s_unlimited(void) { return H5S_UNLIMITED; }
 static inline MPI_Comm emflow_mpi_comm_world(void) { return MPI_COMM_WORLD; }
 static inline MPI_Info emflow_mpi_info_null(void) { return MPI_INFO_NULL; }
 
+// The few MPI calls emflow's collective writer needs, with the handles (macros) filled in.
+// MPI_THREAD_SERIALIZED: Swift may run the calls on any thread, but never two at once.
+static inline int emflow_mpi_init(void) {
+    int flag = 0; MPI_Initialized(&flag);
+    if (flag) return MPI_SUCCESS;
+    int provided = 0;
+    return MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+}
+static inline int emflow_mpi_finalize(void) {
+    int init = 0, fin = 0; MPI_Initialized(&init); MPI_Finalized(&fin);
+    return (init && !fin) ? MPI_Finalize() : MPI_SUCCESS;
+}
+static inline int emflow_mpi_rank(void) { int r = 0; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
+static inline int emflow_mpi_size(void) { int n = 1; MPI_Comm_size(MPI_COMM_WORLD, &n); return n; }
+static inline int emflow_mpi_bcast_bytes(void *buf, int count, int root) { return MPI_Bcast(buf, count, MPI_BYTE, root, MPI_COMM_WORLD); }
+static inline int emflow_mpi_allreduce_min_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD); }
+static inline int emflow_mpi_allreduce_max_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD); }
+static inline int emflow_mpi_allreduce_sum_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD); }
+static inline int emflow_mpi_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
+static inline void emflow_mpi_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+// The MPI-IO file driver on the world communicator, and collective transfers.
+static inline herr_t emflow_h5p_set_fapl_mpio_world(hid_t fapl) { return H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL); }
+static inline herr_t emflow_h5p_set_dxpl_collective(hid_t dxpl) { return H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE); }
+
 // HDF5 prints its error stack to stderr unless told not to; emflow reports errors itself, so the
 // stack is walked into a per-thread buffer and turned into one message.
 static inline char *emflow_h5_error_buffer(void) { static _Thread_local char buffer[1024]; return buffer; }

@@ -85,6 +85,7 @@ public final class RunDriver: Sendable {
 
     /// s3:// items reach stages only through a stage-in (whatever the executor).
     func checkFirstStages(_ items: [Item]) throws(EngineError) {
+        try MPIStages.check(workflow)
         if items.contains(where: { $0.source.isS3 }) {
             for stage in workflow.stages where stage.needs.isEmpty && stage.uses != StageInStage.kind {
                 throw .usage("stage \(stage.name) (\(stage.uses)) would read s3:// inputs directly; add a stage-in stage (uses: stage-in) and make \(stage.name) need it")
@@ -98,9 +99,14 @@ public final class RunDriver: Sendable {
     }
 
     static func context(workflow: Workflow, specSHA256: String, reportBytes: @escaping @Sendable (Int) -> Void = { _ in }) -> TaskContext {
-        TaskContext(outputRoot: workflow.outputs.root, workflow: workflow.name, specSHA256: specSHA256,
-                    specPath: Path.resolve(workflow.sourceFile, against: currentDirectory()), naming: workflow.outputs.naming,
-                    workspace: workflow.workspace, s3: workflow.s3, context: workflow.context, reportBytes: reportBytes)
+        var ctx = TaskContext(outputRoot: workflow.outputs.root, workflow: workflow.name, specSHA256: specSHA256,
+                              specPath: Path.resolve(workflow.sourceFile, against: currentDirectory()), naming: workflow.outputs.naming,
+                              workspace: workflow.workspace, s3: workflow.s3, context: workflow.context, reportBytes: reportBytes)
+        if let s = workflow.executor.site, let site = try? SiteProfile.load(path: s) {
+            ctx.stripeBytes = site.storage["stripe_size_mib"].flatMap { Double($0) }.map { Int($0 * 1048576) }
+            ctx.mpiPlugin = site.mpi
+        }
+        return ctx
     }
 
     public static func newRunID(now: Date = Date()) -> String {
@@ -235,10 +241,12 @@ public final class RunDriver: Sendable {
             do { try makeDirectories(resultsDir) } catch { throw .io(error) }
             let collected = Mutex<[TaskResult]>([])
             let sink = ResultSink(catalog: catalog)
-            let jobs = options.jobs ?? workflow.executor.jobs ?? processorCount
+            let ranks = MPIStages.ranks(stage)
+            let jobs = max(1, (options.jobs ?? workflow.executor.jobs ?? processorCount) / ranks)
             let log = ResultLog(directory: resultsDir)
+            let runImpl = MPIStages.impl(for: stage, base: impl, specFile: ctx.specPath, launcher: .mpirun)
             WorkerPool.run(toRun, jobs: jobs) { worker, task in
-                let result = Self.execute(task, impl: impl, retry: stage.retry, ctx: ctx)
+                let result = Self.execute(task, impl: runImpl, retry: stage.retry, ctx: ctx)
                 do {
                     // The result log first: once the line is written the outcome survives a kill of this process.
                     let json = try log.append(result, worker: worker)

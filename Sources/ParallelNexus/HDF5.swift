@@ -1,5 +1,6 @@
 internal import CHDF5
 import Synchronization
+import EMFormats
 
 /// What went wrong writing or reading a NeXus/HDF5 file, with HDF5's own error stack.
 public struct ParallelNexusError: Error, CustomStringConvertible, Sendable {
@@ -9,19 +10,10 @@ public struct ParallelNexusError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(path): \(message)" }
 }
 
-/// The element types emflow writes, named as NumPy and h5py users know them.
-public enum ElementType: String, Sendable, CaseIterable, Codable {
-    case uint8, int8, uint16, int16, uint32, int32, uint64, int64, float32, float64
+/// The element types emflow writes are EMFormats' pixel types (named as NumPy and h5py users know them).
+public typealias ElementType = PixelType
 
-    public var size: Int {
-        switch self {
-        case .uint8, .int8: 1
-        case .uint16, .int16: 2
-        case .uint32, .int32, .float32: 4
-        case .uint64, .int64, .float64: 8
-        }
-    }
-
+extension PixelType {
     var memoryType: hid_t {
         switch self {
         case .uint8: emflow_h5t_native_uint8()
@@ -92,9 +84,16 @@ public enum H5Value: Sendable, Equatable {
 /// Callers do their slow non-HDF5 work (reading and decoding the source) outside of it.
 public enum HDF5Library {
     static let lock = Mutex(())
+    /// The thread holding the lock (0: none), so a call made while it is held (a frame source that
+    /// reads HDF5 inside a writer's fill) runs at once instead of deadlocking.
+    static let holder = Atomic<UInt>(0)
 
     public static func serialized<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        try lock.withLock { _ throws(E) -> T in
+        let me = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(bitPattern: UInt(pthread_self()))))
+        if holder.load(ordering: .acquiring) == me { return try body() }
+        return try lock.withLock { _ throws(E) -> T in
+            holder.store(me, ordering: .releasing)
+            defer { holder.store(0, ordering: .releasing) }
             emflow_h5_silence()
             return try body()
         }
@@ -131,17 +130,71 @@ public final class HDF5File {
 
     init(id: hid_t, path: String) { self.id = id; self.path = path }
 
-    /// Creates a new file; fails if one exists at `path`.
-    public static func create(path: String) throws(ParallelNexusError) -> HDF5File {
+    /// Collective (MPI-IO) transfers when the file is shared by several ranks; nil: default (serial).
+    var transfer: hid_t? = nil
+    /// Whether every rank writes every object (all HDF5 metadata calls are collective).
+    public private(set) var parallel = false
+
+    /// Creates a new file; fails if one exists at `path`. With a communicator of several ranks every
+    /// rank calls this with the same path and the file is opened through MPI-IO; `alignment` (bytes,
+    /// e.g. the file system's stripe size) places objects at least that large on its multiples.
+    public static func create(path: String, communicator: Communicator = .serial, alignment: Int? = nil) throws(ParallelNexusError) -> HDF5File {
         let fcpl = H5Pcreate(emflow_h5p_file_create())
         defer { H5Pclose(fcpl) }
-        let fapl = H5Pcreate(emflow_h5p_file_access())
+        let fapl = try accessList(path: path, communicator: communicator, alignment: alignment)
         defer { H5Pclose(fapl) }
-        // Readers from HDF5 1.8 on (h5py wheels, viewers) must open the file: no newer format features.
-        H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18)
         let id = H5Fcreate(path, emflow_h5f_acc_excl(), fcpl, fapl)
         guard id >= 0 else { throw ParallelNexusError(path: path, message: "cannot create the HDF5 file: \(lastH5Error())") }
-        return HDF5File(id: id, path: path)
+        return HDF5File(id: id, path: path, communicator: communicator)
+    }
+
+    /// Opens an existing file for writing, through MPI-IO when the communicator has MPI (every rank
+    /// calls this). Parallel HDF5 cannot write variable-length strings, so a parallel writer creates
+    /// the tree serially first and only fills the large arrays here.
+    public static func openForWriting(path: String, communicator: Communicator = .serial, alignment: Int? = nil) throws(ParallelNexusError) -> HDF5File {
+        let fapl = try accessList(path: path, communicator: communicator, alignment: alignment)
+        defer { H5Pclose(fapl) }
+        let id = H5Fopen(path, emflow_h5f_acc_rdwr(), fapl)
+        guard id >= 0 else { throw ParallelNexusError(path: path, message: "cannot open the HDF5 file for writing: \(lastH5Error())") }
+        return HDF5File(id: id, path: path, communicator: communicator)
+    }
+
+    private init(id: hid_t, path: String, communicator: Communicator) {
+        self.id = id; self.path = path
+        if communicator.usesMPI {
+            let dxpl = H5Pcreate(emflow_h5p_dataset_xfer())
+            emflow_h5p_set_dxpl_collective(dxpl)
+            transfer = dxpl
+            parallel = true
+        }
+    }
+
+    static func accessList(path: String, communicator: Communicator, alignment: Int?) throws(ParallelNexusError) -> hid_t {
+        let fapl = H5Pcreate(emflow_h5p_file_access())
+        // Readers from HDF5 1.8 on (h5py wheels, viewers) must open the file: no newer format features.
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18)
+        if let alignment, alignment > 1 { H5Pset_alignment(fapl, hsize_t(alignment), hsize_t(alignment)) }
+        if communicator.usesMPI {
+            guard emflow_h5p_set_fapl_mpio_world(fapl) >= 0 else {
+                H5Pclose(fapl)
+                throw ParallelNexusError(path: path, message: "cannot use the MPI-IO driver: \(lastH5Error())")
+            }
+            H5Pset_all_coll_metadata_ops(fapl, true)
+            H5Pset_coll_metadata_write(fapl, true)
+        }
+        return fapl
+    }
+
+    /// An existing N-D dataset, to be filled by `write(start:count:)`.
+    public func openArray(_ datasetPath: String, type: ElementType) throws(ParallelNexusError) -> ArrayDataset {
+        let d = H5Dopen2(id, datasetPath, h5Default)
+        guard d >= 0 else { throw fail("no dataset \(datasetPath)") }
+        let sp = H5Dget_space(d)
+        defer { H5Sclose(sp) }
+        let rank = Int(H5Sget_simple_extent_ndims(sp))
+        var dims = [hsize_t](repeating: 0, count: max(rank, 1))
+        H5Sget_simple_extent_dims(sp, &dims, nil)
+        return ArrayDataset(id: d, file: self, name: datasetPath, type: type, shape: dims.map { Int($0) })
     }
 
     public static func open(path: String) throws(ParallelNexusError) -> HDF5File {
@@ -153,10 +206,11 @@ public final class HDF5File {
     public func close() throws(ParallelNexusError) {
         guard !closed else { return }
         closed = true
+        if let t = transfer { H5Pclose(t); transfer = nil }
         guard H5Fclose(id) >= 0 else { throw fail("closing the file failed") }
     }
 
-    deinit { if !closed { H5Fclose(id) } }
+    deinit { if !closed { if let t = transfer { H5Pclose(t) }; H5Fclose(id) } }
 
     func fail(_ what: String) -> ParallelNexusError {
         ParallelNexusError(path: path, message: "\(what): \(lastH5Error())")
@@ -282,8 +336,9 @@ public final class HDF5File {
     // MARK: Large arrays
 
     /// Creates a chunked N-D dataset without writing a fill value, to be filled by `write(slab:)`.
+    /// `allocateEarly`: reserve every chunk now (uncompressed data to be filled later by other processes).
     public func createArray(_ datasetPath: String, type: ElementType, shape: [Int], chunks: [Int],
-                            compression: Compression) throws(ParallelNexusError) -> ArrayDataset {
+                            compression: Compression, allocateEarly: Bool = false) throws(ParallelNexusError) -> ArrayDataset {
         precondition(shape.count == chunks.count && !shape.isEmpty)
         let dcpl = H5Pcreate(emflow_h5p_dataset_create())
         defer { H5Pclose(dcpl) }
@@ -291,7 +346,9 @@ public final class HDF5File {
         guard H5Pset_chunk(dcpl, Int32(c.count), &c) >= 0 else { throw fail("bad chunk shape \(chunks) for \(datasetPath)") }
         // Without this HDF5 writes the whole fill value before the data (infra/hdf5-mpi.md).
         H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER)
-        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR)
+        // Chunks are allocated as written, unless asked for up front (parallel HDF5 chooses its own).
+        if allocateEarly && compression == .none { H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) }
+        else if !parallel { H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR) }
         switch compression {
         case .none: break
         case .deflate(let level):
@@ -357,7 +414,21 @@ public final class ArrayDataset {
         guard H5Sselect_hyperslab(fs, H5S_SELECT_SET, &st, nil, &ct, nil) >= 0 else { throw file.fail("bad selection in \(name)") }
         let ms = H5Screate_simple(Int32(ct.count), &ct, nil)
         defer { H5Sclose(ms) }
-        guard H5Dwrite(id, type.memoryType, ms, fs, h5Default, data.baseAddress) >= 0 else { throw file.fail("cannot write \(name)") }
+        guard H5Dwrite(id, type.memoryType, ms, fs, file.transfer ?? h5Default, data.baseAddress) >= 0 else { throw file.fail("cannot write \(name)") }
+    }
+
+    /// A rank's part of a collective write when it has nothing to write: it selects none and still
+    /// joins (every rank of a parallel file must make the same write calls).
+    public func writeNothing() throws(ParallelNexusError) {
+        let fs = H5Dget_space(id)
+        defer { H5Sclose(fs) }
+        H5Sselect_none(fs)
+        var one: [hsize_t] = [1]
+        let ms = H5Screate_simple(1, &one, nil)
+        defer { H5Sclose(ms) }
+        H5Sselect_none(ms)
+        var dummy: UInt64 = 0
+        guard H5Dwrite(id, type.memoryType, ms, fs, file.transfer ?? h5Default, &dummy) >= 0 else { throw file.fail("cannot join the collective write of \(name)") }
     }
 
     /// Writes one whole chunk as stored bytes, bypassing HDF5's selection and type machinery (only

@@ -27,32 +27,39 @@ public enum NXemWriter {
                     throw error
                 }
             }
-            let syncError = Mutex<POSIXFileError?>(nil)
-            let done = DispatchSemaphore(value: 0)
-            let target = tmp
-            Thread.detachNewThread {
-                do {
-                    let fd = try FileDescriptor(path: target, mode: .writeExisting)
-                    try fd.sync()
-                } catch {
-                    syncError.withLock { $0 = error as? POSIXFileError ?? POSIXFileError("fsync", path: target, errno: EIO) }
-                }
-                done.signal()
-            }
-            var hookError: Error?
-            do { try whileSyncing(tmp) } catch { hookError = error }
-            done.wait()
-            if let e = syncError.withLock({ $0 }) { throw e }
-            if let hookError { throw hookError }
-            try AtomicFile.publish(temporary: tmp, as: path)
+            try syncAndPublish(tmp, as: path, whileSyncing: whileSyncing)
         } catch {
             _ = unlinkIgnoringErrors(tmp)
             throw error
         }
     }
 
-    static func build(_ doc: NXemDocument, in file: HDF5File, compression: Compression,
-                      fill: (Int, ArrayDataset) throws -> Void) throws {
+    /// fsyncs a finished temporary on another thread while `whileSyncing(tmp)` runs on this one (e.g.
+    /// to checksum it from the page cache), then renames it to `path` and syncs the directory.
+    public static func syncAndPublish(_ tmp: String, as path: String, whileSyncing: (String) throws -> Void) throws {
+        let syncError = Mutex<POSIXFileError?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let target = tmp
+        Thread.detachNewThread {
+            do {
+                let fd = try FileDescriptor(path: target, mode: .writeExisting)
+                try fd.sync()
+            } catch {
+                syncError.withLock { $0 = error as? POSIXFileError ?? POSIXFileError("fsync", path: target, errno: EIO) }
+            }
+            done.signal()
+        }
+        var hookError: Error?
+        do { try whileSyncing(tmp) } catch { hookError = error }
+        done.wait()
+        if let e = syncError.withLock({ $0 }) { throw e }
+        if let hookError { throw hookError }
+        try AtomicFile.publish(temporary: tmp, as: path)
+    }
+
+    /// `allocateEarly`: the images' chunks are reserved at creation (another pass fills them).
+    public static func build(_ doc: NXemDocument, in file: HDF5File, compression: Compression, allocateEarly: Bool = false,
+                             fill: (Int, ArrayDataset) throws -> Void) throws {
         let e = "/" + doc.entry
         for (name, value) in doc.rootAttributes.sorted(by: { $0.key < $1.key }) { try file.setAttribute("/", name, value) }
 
@@ -99,7 +106,8 @@ public enum NXemWriter {
                 try file.setAttribute(dg + "/" + axis.name, "long_name", .string(axis.longName))
                 if let u = axis.units { try file.setAttribute(dg + "/" + axis.name, "units", .string(u)) }
             }
-            let ds = try file.createArray(dg + "/real", type: img.type, shape: img.shape, chunks: img.chunks, compression: compression)
+            let ds = try file.createArray(dg + "/real", type: img.type, shape: img.shape, chunks: img.chunks, compression: compression,
+                                          allocateEarly: allocateEarly)
             do {
                 try ds.setAttribute("long_name", .string(img.signalLongName))
                 try fill(index, ds)
@@ -114,7 +122,7 @@ public enum NXemWriter {
         }
     }
 
-    static func writeField(_ field: NXemDocument.Field, at path: String, in file: HDF5File) throws(ParallelNexusError) {
+    public static func writeField(_ field: NXemDocument.Field, at path: String, in file: HDF5File) throws(ParallelNexusError) {
         try file.write(path, field.value)
         if let u = field.units { try file.setAttribute(path, "units", .string(u)) }
         for (k, v) in field.attributes.sorted(by: { $0.key < $1.key }) { try file.setAttribute(path, k, v) }

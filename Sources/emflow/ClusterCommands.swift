@@ -7,15 +7,26 @@ import POSIXFiles
 /// `emflow worker`: what a Slurm array task runs (see the job scripts in runs/<id>/slurm/).
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "worker", abstract: "Run one Slurm array task's slice of a run (job scripts call this).", shouldDisplay: false)
-    @Option(help: "The run directory (runs/<id>).") var runDir: String
-    @Option(help: "The stage.") var stage: String
-    @Option(help: "The slice (array task) number.") var slice: Int
+        commandName: "worker", abstract: "Run one Slurm array task's slice of a run, or one rank of an MPI task (job scripts and emflow call this).", shouldDisplay: false)
+    @Option(help: "The run directory (runs/<id>).") var runDir: String?
+    @Option(help: "The stage.") var stage: String?
+    @Option(help: "The slice (array task) number.") var slice: Int?
     @Option(help: "Items at a time (default: SLURM_CPUS_PER_TASK, else 1).") var jobs: Int?
+    @Option(name: .customLong("mpi-task"), help: "Run this task file as one rank of mpirun/srun (rank 0 writes FILE.result).") var mpiTask: String?
+
+    func validate() throws {
+        if mpiTask == nil && (runDir == nil || stage == nil || slice == nil) { throw ValidationError("give --run-dir, --stage and --slice, or --mpi-task") }
+    }
 
     func run() throws {
         installStopHandlers()
         try failing {
+            if let mpiTask {
+                // The outcome (success or the stage's error) is in the result file; the exit status says only whether it was written.
+                _ = try MPIStages.runRank(taskFile: mpiTask)
+                return
+            }
+            let (runDir, stage, slice) = (runDir!, stage!, slice!)
             let start = Date()
             let o = try SlurmWorker.run(runDir: runDir, stage: stage, slice: slice, jobs: jobs) { printError("emflow worker: \($0)") }
             printError("emflow worker: stage \(stage) slice \(slice): \(o.done) done, \(o.failed) failed, \(o.skipped) already done (same key), " +

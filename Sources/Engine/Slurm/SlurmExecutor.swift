@@ -279,9 +279,6 @@ public final class SlurmExecutor: Sendable {
             if impl.granularity == .perDirectory, let user = workflow.stages.first(where: { $0.needs.contains(stage.name) }) {
                 throw .usage("stage \(user.name) needs \(stage.name) (\(stage.uses)), which the Slurm executor runs after all arrays; make \(user.name) need \(stage.name)'s own upstream instead")
             }
-            if let r = stage.resources.values["ranks"], (Int(r) ?? 1) > 1 {
-                throw .usage("stage \(stage.name) (\(stage.uses)) asks for ranks: \(r), but \(stage.uses) is not an MPI stage; remove ranks")
-            }
         }
         try driver.checkFirstStages(items)
     }
@@ -320,7 +317,7 @@ public final class SlurmExecutor: Sendable {
         s.options.append(("open-mode", "append"))
         s.setup = site?.setup ?? []
         s.computed = ["slice=$(( \(part.offset) + SLURM_ARRAY_TASK_ID ))"]
-        if ranks > 1 { s.command = ["srun", "--mpi=\(site?.mpi ?? "pmix")", "--ntasks=\(ranks)"] }
+        // An MPI stage's worker starts one `srun --mpi=<site mpi> --ntasks=N` step per item (MPIStages).
         s.command += [emflow, "worker", "--run-dir", files.runDir, "--stage", stage.name, "--slice"]
         s.commandTail = ["\"$slice\""]
         do { return try s.render() } catch {

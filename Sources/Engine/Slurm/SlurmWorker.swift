@@ -60,9 +60,12 @@ public enum SlurmWorker {
         }
         let counts = Mutex(outcome)
         let writeError = Mutex<String?>(nil)
-        let width = jobs ?? environment("SLURM_CPUS_PER_TASK").flatMap { Int($0) } ?? 1
+        // An MPI stage runs its items one after another, each on all of the job's ranks.
+        let width = MPIStages.ranks(stage) > 1 ? 1 : jobs ?? environment("SLURM_CPUS_PER_TASK").flatMap { Int($0) } ?? 1
+        let impl = MPIStages.impl(for: stage, base: keying.impl, specFile: plan.specFile,
+                                  launcher: MPIStages.defaultLauncher(plugin: ctx.mpiPlugin))
         WorkerPool.run(toRun, jobs: max(1, width)) { worker, task in
-            let r = RunDriver.execute(task, impl: keying.impl, retry: stage.retry, ctx: ctx)
+            let r = RunDriver.execute(task, impl: impl, retry: stage.retry, ctx: ctx)
             do { try resultLog.append(r, worker: worker) } catch { writeError.withLock { $0 = "\(error)" } }
             if r.state == .failed { log("FAILED \(stageName) \(task.itemID): \(r.error ?? "")") }
             counts.withLock { if r.state == .failed { $0.failed += 1 } else { $0.done += 1 } }

@@ -18,6 +18,10 @@ public struct TaskContext: Sendable {
     /// How to reach S3 (the spec's `s3:` section).
     public var s3 = S3Settings()
     public var context: ParamValue
+    /// The site's file-system stripe size (site profile `storage.stripe_size_mib`), for HDF5 alignment.
+    public var stripeBytes: Int? = nil
+    /// srun's --mpi plugin from the site profile, for MPI stages under Slurm.
+    public var mpiPlugin: String? = nil
     /// Bytes processed so far (for progress), thread-safe.
     public var reportBytes: @Sendable (Int) -> Void
 }
@@ -52,7 +56,7 @@ extension Stage {
 
 extension TaskResult {
     /// What a stage returns; the runner adds timing, tries and identity.
-    public struct Partial: Sendable {
+    public struct Partial: Sendable, Codable {
         public var artifact: Artifact?
         public var objects: [ObjectInfo] = []
         public var outputs: [OutputInfo] = []

@@ -1,0 +1,253 @@
+import Foundation
+import POSIXFiles
+import EMFormats
+import Synchronization
+
+/// Writes a 4D-STEM NXem document with every rank of a `Communicator` at once: the ranks split the
+/// scan rows, each reads its rows from the `FrameSource` a few at a time and writes them as one
+/// hyperslab per step with collective I/O (a rank with nothing left joins with an empty selection),
+/// and each writes its rows of the summary image (the sum of every frame). The file appears under
+/// its final name only when complete: a temporary beside it, fsynced and renamed by rank 0.
+/// Every rank must call `write` with the same document and options.
+public enum ParallelStackWriter {
+    public struct Options: Sendable {
+        public var compression: Compression = .none
+        /// Frames per chunk along scan x (chunk = (1, k, h, w)).
+        public var chunkFrames = 1
+        /// Objects at least this large start on its multiples (the file system's stripe size).
+        public var alignment: Int? = 1 << 20
+        /// Bytes of frames a rank holds per step (two steps when reads overlap writes).
+        public var bufferBytes = 64 << 20
+        public init() {}
+    }
+
+    public struct Outcome: Sendable, Codable {
+        public var output: String
+        public var outputSHA256: String
+        public var outputSize: Int64
+        public var bytesIn: Int64
+        public var ranks: Int
+        public var seconds: Double
+        /// Peak resident memory of the largest rank and of rank 0, in bytes.
+        public var peakRSSMax: Int64
+        public var peakRSSRoot: Int64
+    }
+
+    /// One step of a rank: the box (rows y..<y+ny, columns x..<x+nx) of scan positions it writes.
+    public struct Step: Equatable, Sendable {
+        public var y: Int, ny: Int, x: Int, nx: Int
+        public func frames(scanX: Int) -> Range<Int> { let f = y * scanX + x; return f..<(f + ny * nx) }
+    }
+
+    /// Whole rows per step when a row fits in `budget` bytes, else runs of whole chunks within a row.
+    public static func steps(rows: Range<Int>, scanX: Int, frameBytes: Int, chunkFrames: Int, budget: Int) -> [Step] {
+        let rowBytes = scanX * frameBytes
+        var out: [Step] = []
+        if rowBytes <= budget {
+            let per = max(1, budget / max(1, rowBytes))
+            var y = rows.lowerBound
+            while y < rows.upperBound { let n = min(per, rows.upperBound - y); out.append(Step(y: y, ny: n, x: 0, nx: scanX)); y += n }
+        } else {
+            let k = max(1, chunkFrames)
+            let per = min(scanX, max(k, budget / max(1, frameBytes) / k * k))
+            for y in rows { var x = 0; while x < scanX { let n = min(per, scanX - x); out.append(Step(y: y, ny: 1, x: x, nx: n)); x += n } }
+        }
+        return out
+    }
+
+    /// Frames of one step, read (and summed) on a helper thread while the previous step is written.
+    final class StepBuffer: @unchecked Sendable {
+        let frames: UnsafeMutableRawBufferPointer
+        var sums: [Double] = []
+        var error: String?
+        init(bytes: Int) { frames = .allocate(byteCount: max(bytes, 1), alignment: 4096) }
+        deinit { frames.deallocate() }
+    }
+
+    static func read(_ step: Step, from source: FrameSource, into buf: StepBuffer) {
+        let g = source.geometry
+        let r = step.frames(scanX: g.scanX)
+        do {
+            try source.readFrames(r.lowerBound, count: r.count, into: buf.frames)
+            buf.sums = frameSums(buf.frames, frames: r.count, geometry: g)
+            buf.error = nil
+        } catch {
+            buf.error = error.description
+        }
+    }
+
+    /// The sum of each frame's pixels (the summary image's values).
+    static func frameSums(_ b: UnsafeMutableRawBufferPointer, frames: Int, geometry g: ScanGeometry) -> [Double] {
+        let n = g.frameHeight * g.frameWidth
+        func sums<T>(_ t: T.Type, _ f: (T) -> Double) -> [Double] {
+            let p = b.baseAddress!.assumingMemoryBound(to: T.self)
+            return (0..<frames).map { k in var s = 0.0; let q = p + k * n; for i in 0..<n { s += f(q[i]) }; return s }
+        }
+        func intSums<T: FixedWidthInteger>(_ t: T.Type) -> [Double] {
+            // Integer accumulation is exact and several times faster than Double adds.
+            let p = b.baseAddress!.assumingMemoryBound(to: T.self)
+            return (0..<frames).map { k in var s: Int64 = 0; let q = p + k * n; for i in 0..<n { s &+= Int64(truncatingIfNeeded: q[i]) }; return Double(s) }
+        }
+        switch g.pixelType {
+        case .uint8: return intSums(UInt8.self)
+        case .int8: return intSums(Int8.self)
+        case .uint16: return intSums(UInt16.self)
+        case .int16: return intSums(Int16.self)
+        case .uint32: return intSums(UInt32.self)
+        case .int32: return intSums(Int32.self)
+        case .uint64: return sums(UInt64.self) { Double($0) }
+        case .int64: return sums(Int64.self) { Double($0) }
+        case .float32: return sums(Float.self) { Double($0) }
+        case .float64: return sums(Double.self) { $0 }
+        }
+    }
+
+    /// `checksum(tmp)` runs on rank 0 while the finished file is fsynced (a SHA-256 from the page cache).
+    /// `late()` runs on rank 0 after the frames are written (e.g. waits for the input's checksum) and
+    /// returns fields (path under the entry → string) that every rank then writes.
+    public static func write(_ doc: NXemDocument, source: FrameSource, to path: String, communicator comm: Communicator,
+                             options: Options, late: () throws -> [String: String] = { [:] },
+                             checksum: @escaping (String) throws -> String,
+                             progress: @escaping @Sendable (Int) -> Void = { _ in }) throws -> Outcome {
+        let started = Date()
+        let g = source.geometry
+        precondition(doc.images.first?.shape == g.shape)
+        func agree(_ e: String?) throws {
+            if let m = comm.firstError(e) { throw ParallelNexusError(path: path, message: m) }
+        }
+        var tmp = comm.isRoot ? AtomicFile.temporaryPath(for: path) : ""
+        tmp = comm.broadcast(tmp)
+
+        // 1. Rank 0 writes the whole tree with the arrays' chunks reserved (parallel HDF5 cannot write
+        //    the variable-length strings NXem needs); 2. all ranks fill the arrays collectively;
+        // 3. rank 0 adds the fields known only at the end. Any rank's error stops all of them.
+        var file: HDF5File?
+        do {
+            var createError: String?
+            if comm.isRoot {
+                do {
+                    try HDF5Library.serialized { () throws in
+                        let f = try HDF5File.create(path: tmp, alignment: options.alignment)
+                        file = f
+                        try NXemWriter.build(doc, in: f, compression: options.compression, allocateEarly: true) { _, _ in }
+                        try f.close()
+                        file = nil
+                    }
+                } catch { createError = "\(error)" }
+            }
+            try agree(createError)
+            var openError: String?
+            do { file = try HDF5Library.serialized { () throws(ParallelNexusError) in try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: options.alignment) } }
+            catch { openError = error.message }
+            try agree(openError)
+            let f = file!
+
+            let mine = comm.share(of: g.scanY)
+            let plan = steps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: options.bufferBytes)
+            let rounds = comm.max(plan.count)
+            let stepBytes = plan.map { $0.ny * $0.nx * g.frameBytes }.max() ?? 0
+            var sums = [Double](repeating: 0, count: mine.count * g.scanX)
+            // HDF5 sources read through the HDF5 library, which this thread holds while writing.
+            let overlap = !(source is HDF5FrameSource)
+            let buffers = [StepBuffer(bytes: stepBytes), StepBuffer(bytes: overlap ? stepBytes : 0)]
+            let e = "/" + doc.entry + "/"
+
+            try HDF5Library.serialized { () throws in
+                let ds = try f.openArray(e + doc.images[0].dataGroup + "/real", type: g.pixelType)
+                defer { try? ds.close() }
+                var pending: DispatchSemaphore? = nil
+                func start(_ i: Int) {
+                    guard i < plan.count else { return }
+                    let buf = buffers[overlap ? i % 2 : 0], step = plan[i]
+                    if !overlap { read(step, from: source, into: buf); return }
+                    let done = DispatchSemaphore(value: 0)
+                    let src = UncheckedBox(source)
+                    Thread.detachNewThread { read(step, from: src.value, into: buf); done.signal() }
+                    pending = done
+                }
+                start(0)
+                defer { pending?.wait() }
+                for i in 0..<rounds {
+                    var error: String? = nil
+                    if i < plan.count {
+                        pending?.wait(); pending = nil
+                        error = buffers[overlap ? i % 2 : 0].error
+                    }
+                    try agree(error)
+                    guard i < plan.count else { try ds.writeNothing(); continue }
+                    let buf = buffers[overlap ? i % 2 : 0], s = plan[i]
+                    start(i + 1)
+                    try ds.write(start: [s.y, s.x, 0, 0], count: [s.ny, s.nx, g.frameHeight, g.frameWidth], UnsafeRawBufferPointer(buf.frames))
+                    for (k, v) in buf.sums.enumerated() {
+                        sums[(s.y + k / s.nx - mine.lowerBound) * g.scanX + s.x + k % s.nx] = v
+                    }
+                    progress(s.ny * s.nx * g.frameBytes)
+                }
+                try ds.close()
+                if doc.images.count > 1 {
+                    let summary = try f.openArray(e + doc.images[1].dataGroup + "/real", type: .float64)
+                    defer { try? summary.close() }
+                    if mine.isEmpty { try summary.writeNothing() }
+                    else { try sums.withUnsafeBytes { (b) throws in try summary.write(start: [mine.lowerBound, 0], count: [mine.count, g.scanX], b) } }
+                    try summary.close()
+                }
+                try f.close()
+            }
+            file = nil
+
+            var lateError: String? = nil
+            if comm.isRoot {
+                do {
+                    let fields = try late()
+                    if !fields.isEmpty {
+                        try HDF5Library.serialized { () throws in
+                            let f = try HDF5File.openForWriting(path: tmp)
+                            file = f
+                            for (rel, value) in fields.sorted(by: { $0.key < $1.key }) {
+                                try NXemWriter.writeField(.init(.string(value)), at: e + rel, in: f)
+                            }
+                            try f.close()
+                            file = nil
+                        }
+                    }
+                } catch { lateError = "\(error)" }
+            }
+            try agree(lateError)
+        } catch {
+            if let f = file { HDF5Library.serialized { try? f.close() } }
+            if comm.isRoot { _ = unlinkIgnoringErrors(tmp) }
+            throw error
+        }
+
+        // Rank 0 makes the file durable, hashes it from the page cache meanwhile, and renames it.
+        var result: (String, Int64)? = nil
+        var finishError: String? = nil
+        if comm.isRoot {
+            do {
+                var sha = ""
+                try NXemWriter.syncAndPublish(tmp, as: path) { t in sha = try checksum(t) }
+                result = (sha, try FileStatus.of(path: path).size)
+            } catch {
+                _ = unlinkIgnoringErrors(tmp)
+                finishError = "\(error)"
+            }
+        }
+        try agree(finishError)
+        let sha = comm.broadcast(result?.0 ?? "")
+        let size = Int64(comm.max(Int(result?.1 ?? 0)))
+        let rss = peakRSS()
+        let rootRSS = Int64(comm.broadcast(String(rss))) ?? rss
+        return Outcome(output: path, outputSHA256: sha, outputSize: size, bytesIn: g.totalBytes, ranks: comm.size,
+                       seconds: Date().timeIntervalSince(started), peakRSSMax: Int64(comm.max(Int(rss))), peakRSSRoot: rootRSS)
+    }
+
+    /// This process's peak resident set size in bytes.
+    public static func peakRSS() -> Int64 {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Int64(u.ru_maxrss) * 1024
+    }
+}
+
+/// A value handed to one helper thread while its owner waits for it (never used by both at once).
+struct UncheckedBox<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
