@@ -136,6 +136,39 @@ public enum Fixtures {
     }
 }
 
+/// Synthetic 4D-STEM scans (examples/generate-4dstem) and the independent check of a written NXem
+/// file against them: every frame's SHA-256 and the summary image, read back with h5py.
+public enum FourDFixtures {
+    /// Writes one scan; returns its path. `args` are the generator's flags (e.g. --format mib --scan 7x5).
+    public static func generate(in dir: String, _ args: [String]) throws -> String {
+        let out = try ProcessRunner.run(NexusValidator.python, [Tools.packageRoot + "/examples/generate-4dstem", "--out", dir] + args)
+        guard out.status == 0, let path = out.stdout.split(separator: ":").first else {
+            throw NexusValidator.PythonFailure(message: "examples/generate-4dstem failed: \(out.combined)")
+        }
+        return String(path)
+    }
+
+    static let checker = """
+        import sys, hashlib, hdf5plugin, h5py, numpy as np
+        for pair in sys.argv[1:]:
+            nxs, src = pair.split("=", 1)
+            want = open(src + ".frames.sha256").read().split()
+            sums = np.array([float(x) for x in open(src + ".sums").read().split()])
+            with h5py.File(nxs, "r") as f:
+                d = f["entry1/measurement/event1/image1/image_4d/real"]
+                sy, sx = d.shape[:2]
+                got = [hashlib.sha256(np.ascontiguousarray(d[y, x]).astype(d.dtype.newbyteorder("<")).tobytes()).hexdigest() for y in range(sy) for x in range(sx)]
+                s2 = f["entry1/measurement/event1/image2/image_2d/real"][...].ravel()
+                ok = got == want and np.allclose(s2, sums) and d.chunks[2:] == d.shape[2:]
+                print(("ok " if ok else "BAD ") + nxs + f" frames={len(got)}/{len(want)} same={sum(a == b for a, b in zip(got, want))} sums={np.allclose(s2, sums)} chunks={d.chunks} filters={list(d._filters)}")
+        """
+
+    /// Per output=source pair: "ok …" or "BAD …" lines (frames byte for byte, summary = frame sums).
+    public static func check(_ pairs: [(nxs: String, source: String)]) throws -> [String] {
+        try NexusValidator.runPython(checker, pairs.map { "\($0.nxs)=\($0.source)" }).split(separator: "\n").map(String.init)
+    }
+}
+
 extension ProcessRunner {
     /// Starts `exe args` with its output discarded, and SIGKILLs it after `delay` seconds.
     public static func killAfter(_ delay: Double, _ exe: String, _ args: [String]) throws {

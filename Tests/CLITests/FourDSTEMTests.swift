@@ -1,0 +1,147 @@
+import XCTest
+import Foundation
+import TestSupport
+
+/// `convert` with `to: nxem-4d` as users run it: detector files of each format into NXem on 1, 2
+/// and 3 MPI ranks (mpirun) with each compression, read back with h5py frame by frame against the
+/// generator's own checksums, validated by pynxtools; bad input fails before a file appears.
+final class FourDSTEMTests: XCTestCase {
+    var t: TempDir!
+    override func setUp() { t = TempDir("emflow-4d") }
+    override func tearDown() { t?.cleanup() }
+
+    func emflow(_ args: [String], environment: [String: String]? = nil) throws -> ProcessOutput {
+        try ProcessRunner.run(Tools.emflow, args, environment: environment, cwd: t.path)
+    }
+
+    /// A one-stage workflow converting `include` under `drop` with `with` entries (YAML flow text).
+    func spec(_ name: String, include: String, ranks: Int, with: String, drop: String = "drop") -> String {
+        t.write("\(name).yaml", """
+            name: \(name)
+            inputs: [{path: \(drop), include: ["\(include)"]}]
+            outputs: {root: out-\(name)}
+            workspace: ws-\(name)
+            context: {instrument: {vendor: Thermo Fisher Scientific, model: Spectra 300}}
+            stages:
+              convert:
+                uses: convert
+                resources: {ranks: \(ranks)}
+                with: {to: nxem-4d, scan_step_nm: 0.5, detector_step: 0.02, detector_units: 1/nm, voltage_kv: 300, \(with)}
+            """)
+    }
+
+    func outputs(_ name: String) throws -> [String] {
+        try ProcessRunner.shell("find '\(t.path)/out-\(name)' -name '*.nxs' | sort").stdout.split(separator: "\n").map(String.init)
+    }
+
+    func temporaries(_ name: String) throws -> String {
+        try ProcessRunner.shell("find '\(t.path)/out-\(name)' -name '.emflow-tmp-*' 2>/dev/null").stdout
+    }
+
+    /// An odd number of scan rows (7) split over 1, 2 and 3 ranks, for none, deflate and bitshuffle+LZ4.
+    func testEveryCompressionOnOneTwoThreeRanksKeepsEveryFrame() throws {
+        let mib = try FourDFixtures.generate(in: t.file("drop"), ["--format", "mib", "--scan", "7x5", "--frame", "32x24", "--depth", "12"])
+        var pairs: [(String, String)] = []
+        for ranks in [1, 2, 3] {
+            for comp in ["none", "deflate", "bitshuffle"] {
+                let name = "r\(ranks)-\(comp)"
+                let run = try emflow(["run", spec(name, include: "*.mib", ranks: ranks, with: "compression: \(comp), chunk_frames: \(ranks == 3 ? 2 : 1)")])
+                XCTAssertEqual(run.status, 0, "\(name): \(run.combined)")
+                let out = try outputs(name)
+                XCTAssertEqual(out.count, 1, name)
+                pairs += out.map { ($0, mib) }
+                // More than one rank: one MPI launch, whose rank 0 wrote the result.
+                let results = try ProcessRunner.shell("cat '\(t.path)'/ws-\(name)/runs/*/mpi/*.result 2>/dev/null").stdout
+                if ranks > 1 { XCTAssertTrue(results.contains("on \(ranks) rank(s)"), "\(name): \(results)") } else { XCTAssertTrue(results.isEmpty) }
+            }
+        }
+        let checks = try FourDFixtures.check(pairs)
+        XCTAssertEqual(checks.count, 9, checks.joined(separator: "\n"))
+        XCTAssertTrue(checks.allSatisfy { $0.hasPrefix("ok ") }, checks.joined(separator: "\n"))
+        XCTAssertTrue(checks.contains { $0.contains("filters=['32008']") } && checks.contains { $0.contains("gzip") }, checks.joined(separator: "\n"))
+        XCTAssertEqual(try NexusValidator.problems(pairs.map(\.0)), [:])
+        // A second run finds the work done.
+        let again = try emflow(["run", t.file("r2-bitshuffle.yaml")])
+        XCTAssertEqual(again.status, 0, again.combined)
+        XCTAssertTrue(again.stdout.contains("convert: 0 done, 1 already done"), again.stdout)
+    }
+
+    /// Raw big-endian frames with per-frame header and footer, EMPAD, a TIFF stack, a detector HDF5
+    /// file, and 1-, 6- and 24-bit MIB counters, each on 2 ranks.
+    func testEachDetectorFormat() throws {
+        let d = t.file("drop")
+        let cases: [(String, [String], String)] = [
+            ("raw", ["--format", "raw", "--scan", "5x3", "--frame", "16x20", "--big-endian", "--frame-header", "16", "--frame-footer", "8"],
+             "dtype: uint16, frame_shape: 16x20, byte_order: big, frame_header: 16, frame_footer: 8, scan_shape: 5x3"),
+            // EMPAD's scan shape comes from its file name.
+            ("empad", ["--format", "empad", "--scan", "3x4", "--name", "scan_x4_y3"], "compression: bitshuffle"),
+            ("tiff", ["--format", "tiff", "--scan", "3x5", "--frame", "24x24"], "scan_shape: 3x5, compression: deflate"),
+            ("hdf5", ["--format", "hdf5", "--scan", "5x2", "--frame", "16x16", "--dtype", "uint32"], "dataset: /entry/data/data, scan_shape: 5x2"),
+            ("mib1", ["--format", "mib", "--scan", "3x3", "--frame", "32x32", "--depth", "1"], "compression: bitshuffle"),
+            ("mib6", ["--format", "mib", "--scan", "3x2", "--frame", "16x16", "--depth", "6"], "compression: none"),
+            ("mib24", ["--format", "mib", "--scan", "4x4", "--frame", "16x16", "--depth", "24"], "compression: deflate"),
+        ]
+        var pairs: [(String, String)] = []
+        for (name, gen, with) in cases {
+            let src = try FourDFixtures.generate(in: d + "/" + name, ["--name", name] + gen)
+            let ext = (src as NSString).pathExtension
+            let run = try emflow(["run", spec(name, include: "*.\(ext)", ranks: 2, with: with, drop: "drop/\(name)")])
+            XCTAssertEqual(run.status, 0, "\(name): \(run.combined)")
+            let out = try outputs(name)
+            XCTAssertEqual(out.count, 1, "\(name): \(out)")
+            pairs += out.map { ($0, src) }
+        }
+        let checks = try FourDFixtures.check(pairs)
+        XCTAssertEqual(checks.count, cases.count, checks.joined(separator: "\n"))
+        XCTAssertTrue(checks.allSatisfy { $0.hasPrefix("ok ") }, checks.joined(separator: "\n"))
+        XCTAssertEqual(try NexusValidator.problems(pairs.map(\.0)), [:])
+        // The file says what it is: calibrated axes, the detector's header verbatim, the input's checksum.
+        let facts = try NexusValidator.runPython("""
+            import sys, h5py, hashlib
+            f = h5py.File(sys.argv[1], "r"); g = f["entry1/measurement/event1/image1/image_4d"]
+            print(list(g.attrs["axes"]), g["axis_m"].attrs["units"], g["axis_i"].attrs["units"], round(float(g["axis_k"][1]), 3))
+            print(f["entry1/note_input/checksum"][()].decode() == hashlib.sha256(open(sys.argv[2], "rb").read()).hexdigest())
+            print("hdr: Counter Depth (number)" in f["entry1/measurement/event1/detector_metadata"])
+            """, [pairs.first { $0.1.hasSuffix("mib6.mib") }!.0, pairs.first { $0.1.hasSuffix("mib6.mib") }!.1])
+        XCTAssertEqual(facts.split(separator: "\n").map(String.init), ["['axis_m', 'axis_k', 'axis_j', 'axis_i'] nm 1/nm 0.5", "True", "True"], facts)
+    }
+
+    /// A truncated MIB, a frame header that disagrees with the first, a declared scan shape that
+    /// does not fit, and a missing bitshuffle filter: one clear error each, the good item beside
+    /// them still converts, and no file (final or temporary) is left for the bad ones.
+    func testBadInputFailsClearlyAndLeavesNoFile() throws {
+        let good = try FourDFixtures.generate(in: t.file("drop"), ["--format", "mib", "--scan", "7x5", "--frame", "32x24", "--name", "good"])
+        let bytes = [UInt8](FileManager.default.contents(atPath: good)!)
+        let record = 384 + 32 * 24 * 2
+        _ = t.write("drop/truncated.mib", Array(bytes.dropLast(100)))
+        var mismatch = bytes
+        let at = record * 3 + 30   // frame 3's pixel depth field: U16 → U08
+        XCTAssertEqual(String(decoding: mismatch[at..<(at + 3)], as: UTF8.self), "U16")
+        mismatch.replaceSubrange(at..<(at + 3), with: Array("U08".utf8))
+        _ = t.write("drop/mismatch.mib", mismatch)
+        let run = try emflow(["run", spec("bad", include: "*.mib", ranks: 2, with: "scan_shape: 7x5, buffer_mib: 1")])
+        XCTAssertNotEqual(run.status, 0, run.combined)
+        XCTAssertTrue(run.stdout.contains("truncated.mib: truncated or mis-declared: 34 whole frame(s) of 1920 bytes and 1820 bytes more"), run.stdout)
+        XCTAssertTrue(run.stdout.contains("mismatch.mib: header/size mismatch: frame 3 says 24×32 U08"), run.stdout)
+        XCTAssertEqual(try outputs("bad").map { ($0 as NSString).lastPathComponent }, ["good.nxs"])
+        XCTAssertEqual(try temporaries("bad"), "")
+
+        // A declared shape that does not fit the file size.
+        _ = t.write("raw/frames.bin", [UInt8](repeating: 7, count: 10 * 16 * 16 * 2))
+        let shape = try emflow(["run", spec("shape", include: "*.bin", ranks: 3, with: "dtype: uint16, frame_shape: 16x16, scan_shape: 4x4", drop: "raw")])
+        XCTAssertNotEqual(shape.status, 0)
+        XCTAssertTrue(shape.stdout.contains("the declared scan shape 4×4 needs 16 frames, but the file holds 10"), shape.stdout)
+        XCTAssertEqual(try outputs("shape"), [])
+        XCTAssertEqual(try temporaries("shape"), "")
+
+        // bitshuffle asked for where the filter cannot be found: refused before any task runs.
+        let empty = t.file("no-plugins")
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        var env = ProcessInfo.processInfo.environment
+        env["HDF5_PLUGIN_PATH"] = empty
+        let nofilter = try emflow(["run", spec("nofilter", include: "good.mib", ranks: 2, with: "compression: bitshuffle")], environment: env)
+        XCTAssertNotEqual(nofilter.status, 0)
+        XCTAssertTrue(nofilter.combined.contains("bitshuffle HDF5 filter (id 32008)"), nofilter.combined)
+        XCTAssertEqual(try outputs("nofilter"), [])
+    }
+}
