@@ -122,6 +122,7 @@ struct LaunchedStage: Stage {
             throw StageError("cannot write \(logFile)")
         }
         log.truncateFile(atOffset: 0)
+        log.write(Data(("launch: " + args.joined(separator: " ") + "\n").utf8))
         p.standardOutput = log; p.standardError = log
         do { try p.run() } catch { throw StageError("cannot start \(args[0]) (\(error)); install OpenMPI (openmpi-bin) or load the site's MPI module") }
         p.waitUntilExit()

@@ -52,7 +52,11 @@ final class FourDSTEMTests: XCTestCase {
                 pairs += out.map { ($0, mib) }
                 // More than one rank: one MPI launch, whose rank 0 wrote the result.
                 let results = try ProcessRunner.shell("cat '\(t.path)'/ws-\(name)/runs/*/mpi/*.result 2>/dev/null").stdout
-                if ranks > 1 { XCTAssertTrue(results.contains("on \(ranks) rank(s)"), "\(name): \(results)") } else { XCTAssertTrue(results.isEmpty) }
+                if ranks > 1 {
+                    XCTAssertTrue(results.contains("on \(ranks) rank(s)"), "\(name): \(results)")
+                    let launch = try ProcessRunner.shell("grep -h '^launch:' '\(t.path)'/ws-\(name)/runs/*/mpi/*.log").stdout
+                    XCTAssertTrue(launch.hasPrefix("launch: mpirun -np \(ranks) "), launch)
+                } else { XCTAssertTrue(results.isEmpty) }
             }
         }
         let checks = try FourDFixtures.check(pairs)

@@ -381,4 +381,39 @@ final class SlurmWorkflowTests: XCTestCase {
         XCTAssertTrue(again.stdout.contains("convert: 0 done, 4 already done"), again.stdout)
     }
 
+    /// A 4D-STEM conversion on 3 MPI ranks under Slurm: the array task holds 3 tasks and starts one
+    /// `srun --mpi=pmix` step per item; every frame reads back byte for byte and pynxtools accepts it.
+    func testFourDSTEMOnThreeRanksWithSrun() throws {
+        let cluster = try SlurmTestCluster.require()
+        let counter = try SlurmCallCounter(in: t.path)
+        var sources: [String] = []
+        for (i, scan) in ["7x5", "4x6"].enumerated() {
+            sources.append(try FourDFixtures.generate(in: t.file("drop/P1/S1/E\(i)"), ["--format", "mib", "--scan", scan, "--frame", "32x32", "--name", "scan\(i)", "--seed", "\(i + 3)"]))
+        }
+        let spec = t.write("spec.yaml", """
+            name: slurm-4d
+            inputs: [{path: drop, include: ["**/*.mib"], layout: "{proposal}/{sample}/{experiment}/{file}"}]
+            outputs: {root: managed}
+            executor: {kind: slurm, site: \(site())}
+            stages:
+              checksum: {uses: checksum}
+              convert: {uses: convert, needs: [checksum], resources: {ranks: 3, batch: 2}, with: {to: nxem-4d, compression: bitshuffle, vendor: JEOL, model: ARM300F}}
+            """)
+        let dry = try emflow(["run", "--dry-run", spec], cluster: cluster)
+        XCTAssertTrue(dry.stdout.contains("#SBATCH --ntasks=3"), dry.stdout)
+        let run = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
+        XCTAssertEqual(run.status, 0, run.combined)
+        XCTAssertTrue(run.stdout.contains("convert: 2 done"), run.stdout)
+        let nxs = (0..<2).map { t.file("managed/P1/S1/E\($0)/nexus/scan\($0).nxs") }
+        let checks = try FourDFixtures.check(Array(zip(nxs, sources)))
+        XCTAssertTrue(checks.count == 2 && checks.allSatisfy { $0.hasPrefix("ok ") }, checks.joined(separator: "\n"))
+        XCTAssertEqual(try NexusValidator.problems(nxs), [:])
+        // Each item ran as a 3-rank srun step inside the array task (the ranks saw Slurm's PMIx).
+        let results = try ProcessRunner.shell("cat '\(t.path)'/managed/.emflow/runs/*/mpi/*.result").stdout
+        XCTAssertEqual(results.components(separatedBy: "on 3 rank(s)").count - 1, 2, results)
+        let launches = try ProcessRunner.shell("grep -h '^launch:' '\(t.path)'/managed/.emflow/runs/*/mpi/*.log").stdout
+        XCTAssertEqual(launches.components(separatedBy: "launch: srun --mpi=pmix --ntasks=3 ").count - 1, 2, launches)
+        let again = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
+        XCTAssertTrue(again.stdout.contains("convert: 0 done, 2 already done"), again.stdout)
+    }
 }
