@@ -187,7 +187,12 @@ public final class HDF5File {
 
     /// An existing N-D dataset, to be filled by `write(start:count:)`.
     public func openArray(_ datasetPath: String, type: ElementType) throws(ParallelNexusError) -> ArrayDataset {
-        let d = H5Dopen2(id, datasetPath, h5Default)
+        // Whole chunks are written once each: no chunk cache, so they go to the file (or the filter)
+        // straight from the caller's buffer instead of being copied through the cache first.
+        let dapl = H5Pcreate(emflow_h5p_dataset_access())
+        defer { H5Pclose(dapl) }
+        H5Pset_chunk_cache(dapl, 0, 0, 1.0)
+        let d = H5Dopen2(id, datasetPath, dapl)
         guard d >= 0 else { throw fail("no dataset \(datasetPath)") }
         let sp = H5Dget_space(d)
         defer { H5Sclose(sp) }
@@ -358,8 +363,9 @@ public final class HDF5File {
             guard H5Zfilter_avail(H5Z_filter_t(Compression.bitshuffleFilterID)) > 0 else {
                 throw ParallelNexusError(path: path, message: "the bitshuffle+LZ4 HDF5 filter (id 32008) is not installed; install Debian's 'bitshuffle' package or set HDF5_PLUGIN_PATH, or use compression: deflate")
             }
-            // cd_values: block size 0 = automatic, compression 2 = LZ4 (bitshuffle's documented values).
-            var cd: [UInt32] = [0, 0, 0, 0, 2]
+            // The user's cd_values are (block size, compression): 0 = automatic block, 2 = LZ4. The filter
+            // puts its version and the element size in front of them itself (stored: 0, 3, elt, 0, 2).
+            var cd: [UInt32] = [0, 2]
             guard H5Pset_filter(dcpl, H5Z_filter_t(Compression.bitshuffleFilterID), UInt32(H5Z_FLAG_MANDATORY), cd.count, &cd) >= 0 else {
                 throw fail("cannot set the bitshuffle filter")
             }

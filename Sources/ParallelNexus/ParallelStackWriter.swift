@@ -1,3 +1,4 @@
+internal import CHDF5
 import Foundation
 import POSIXFiles
 import EMFormats
@@ -151,6 +152,9 @@ public enum ParallelStackWriter {
             let overlap = !(source is HDF5FrameSource)
             let buffers = [StepBuffer(bytes: stepBytes), StepBuffer(bytes: overlap ? stepBytes : 0)]
             let e = "/" + doc.entry + "/"
+            let direct = DirectChunks(geometry: g, options: options, communicator: comm, stepFrames: plan.map { $0.ny * $0.nx }.max() ?? 0)
+            let writeback = comm.isRoot ? open(tmp, O_RDONLY | O_CLOEXEC) : -1
+            defer { if writeback >= 0 { close(writeback) } }
 
             try HDF5Library.serialized { () throws in
                 let ds = try f.openArray(e + doc.images[0].dataGroup + "/real", type: g.pixelType)
@@ -177,11 +181,14 @@ public enum ParallelStackWriter {
                     guard i < plan.count else { try ds.writeNothing(); continue }
                     let buf = buffers[overlap ? i % 2 : 0], s = plan[i]
                     start(i + 1)
-                    try ds.write(start: [s.y, s.x, 0, 0], count: [s.ny, s.nx, g.frameHeight, g.frameWidth], UnsafeRawBufferPointer(buf.frames))
+                    if let direct { try direct.write(s, from: buf, to: ds) }
+                    else { try ds.write(start: [s.y, s.x, 0, 0], count: [s.ny, s.nx, g.frameHeight, g.frameWidth], UnsafeRawBufferPointer(buf.frames)) }
                     for (k, v) in buf.sums.enumerated() {
                         sums[(s.y + k / s.nx - mine.lowerBound) * g.scanX + s.x + k % s.nx] = v
                     }
                     progress(s.ny * s.nx * g.frameBytes)
+                    // Start writing back what is written so far, so the final fsync has little left.
+                    if writeback >= 0 { _ = emflow_start_writeback(writeback) }
                 }
                 try ds.close()
                 if doc.images.count > 1 {
@@ -219,6 +226,7 @@ public enum ParallelStackWriter {
             throw error
         }
 
+        let tWritten = Date()
         // Rank 0 makes the file durable, hashes it from the page cache meanwhile, and renames it.
         var result: (String, Int64)? = nil
         var finishError: String? = nil
@@ -235,6 +243,10 @@ public enum ParallelStackWriter {
         try agree(finishError)
         let sha = comm.broadcast(result?.0 ?? "")
         let size = Int64(comm.max(Int(result?.1 ?? 0)))
+        if comm.isRoot, ProcessInfo.processInfo.environment["EMFLOW_PROFILE"] != nil {
+            FileHandle.standardError.write(Data(String(format: "profile %@: write %.3f s, fsync+checksum+rename %.3f s\n", path,
+                                                       tWritten.timeIntervalSince(started), Date().timeIntervalSince(tWritten)).utf8))
+        }
         let rss = peakRSS()
         let rootRSS = Int64(comm.broadcast(String(rss))) ?? rss
         return Outcome(output: path, outputSHA256: sha, outputSize: size, bytesIn: g.totalBytes, ranks: comm.size,
@@ -251,3 +263,58 @@ public enum ParallelStackWriter {
 
 /// A value handed to one helper thread while its owner waits for it (never used by both at once).
 struct UncheckedBox<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
+
+/// A single process writes whole chunks itself: uncompressed ones straight from the step buffer,
+/// bitshuffle+LZ4 ones compressed on every core first (HDF5 would filter them one at a time on its
+/// one thread). Not for MPI files (direct chunk writes are serial) or deflate (HDF5's own filter).
+final class DirectChunks {
+    let g: ScanGeometry
+    let k: Int
+    let chunkBytes: Int
+    let codec: BitshuffleLZ4?
+    let out: UnsafeMutableRawBufferPointer
+    let bound: Int
+    var sizes: [Int]
+
+    init?(geometry g: ScanGeometry, options: ParallelStackWriter.Options, communicator: Communicator, stepFrames: Int) {
+        let k = max(1, min(options.chunkFrames, g.scanX))
+        guard !communicator.usesMPI, g.scanX % k == 0, stepFrames > 0 else { return nil }
+        switch options.compression {
+        case .none: codec = nil
+        case .bitshuffleLZ4: guard let c = BitshuffleLZ4.shared else { return nil }; codec = c
+        case .deflate: return nil
+        }
+        self.g = g; self.k = k
+        chunkBytes = k * g.frameBytes
+        let chunks = (stepFrames + k - 1) / k
+        bound = codec?.bound(elements: chunkBytes / g.pixelType.size, elementSize: g.pixelType.size) ?? 0
+        out = .allocate(byteCount: max(1, bound * chunks), alignment: 64)
+        sizes = [Int](repeating: 0, count: chunks)
+    }
+    deinit { out.deallocate() }
+
+    func write(_ s: ParallelStackWriter.Step, from buf: ParallelStackWriter.StepBuffer, to ds: ArrayDataset) throws {
+        let perRow = s.nx / k, chunks = s.ny * perRow
+        func offset(_ c: Int) -> [Int] { [s.y + c / perRow, s.x + (c % perRow) * k, 0, 0] }
+        guard let codec else {
+            for c in 0..<chunks {
+                try ds.writeChunk(at: offset(c), UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[(c * chunkBytes)..<((c + 1) * chunkBytes)]))
+            }
+            return
+        }
+        let src = UncheckedBox(UnsafeRawBufferPointer(buf.frames)), dst = UncheckedBox(out)
+        let results = UncheckedBox(UnsafeMutableBufferPointer<Int>.allocate(capacity: chunks))
+        defer { results.value.deallocate() }
+        let (cb, bd, elt) = (chunkBytes, bound, g.pixelType.size)
+        ParallelThreads.run(count: chunks, width: ProcessInfo.processInfo.activeProcessorCount) { _, c in
+            let input = UnsafeRawBufferPointer(rebasing: src.value[(c * cb)..<((c + 1) * cb)])
+            let o = UnsafeMutableRawBufferPointer(rebasing: dst.value[(c * bd)..<((c + 1) * bd)])
+            results.value[c] = codec.compress(input, elementSize: elt, into: o) ?? -1
+        }
+        for c in 0..<chunks {
+            let n = results.value[c]
+            guard n > 0 else { throw ParallelNexusError(path: ds.file.path, message: "bitshuffle+LZ4 compression of chunk \(offset(c)) failed") }
+            try ds.writeChunk(at: offset(c), UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(out)[(c * bd)..<(c * bd + n)]))
+        }
+    }
+}

@@ -160,7 +160,8 @@ public enum FourDFixtures {
                 got = [hashlib.sha256(np.ascontiguousarray(d[y, x]).astype(d.dtype.newbyteorder("<")).tobytes()).hexdigest() for y in range(sy) for x in range(sx)]
                 s2 = f["entry1/measurement/event1/image2/image_2d/real"][...].ravel()
                 ok = got == want and np.allclose(s2, sums) and d.chunks[2:] == d.shape[2:]
-                print(("ok " if ok else "BAD ") + nxs + f" frames={len(got)}/{len(want)} same={sum(a == b for a, b in zip(got, want))} sums={np.allclose(s2, sums)} chunks={d.chunks} filters={list(d._filters)}")
+                ratio = d.size * d.dtype.itemsize / max(1, d.id.get_storage_size())
+                print(("ok " if ok else "BAD ") + nxs + f" frames={len(got)}/{len(want)} same={sum(a == b for a, b in zip(got, want))} sums={np.allclose(s2, sums)} chunks={d.chunks} filters={list(d._filters)} ratio={ratio:.1f}")
         """
 
     /// Per output=source pair: "ok …" or "BAD …" lines (frames byte for byte, summary = frame sums).
