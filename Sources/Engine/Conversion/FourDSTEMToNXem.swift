@@ -15,6 +15,8 @@ public struct FourDSTEMToNXem: Sendable {
         public var scan: ScanShape?
         public var raw: RawFrameSource.Layout?
         public var dataset: String?
+        /// A Merlin `.hdr` found elsewhere (next to the original when ingest moved only the .mib).
+        public var mibHeader: String?
         public var writer = ParallelStackWriter.Options()
         /// Calibration: scan step in nm, detector pixel step with its unit (1/nm, mrad, px).
         public var scanStepNM: Double?
@@ -75,7 +77,7 @@ public struct FourDSTEMToNXem: Sendable {
             }
         }
         switch format {
-        case "mib": return try MIBFrameSource(path: input, scan: scan)
+        case "mib": return try MIBFrameSource(path: input, scan: scan, sidecar: options.mibHeader)
         case "tiff-stack": return try TIFFStackFrameSource(path: input, scan: scan)
         case "hdf5":
             guard let d = options.dataset else { throw EMFormatsError(path: input, message: "an HDF5 detector file needs dataset: (the path of the frames inside it)") }

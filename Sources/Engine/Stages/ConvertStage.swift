@@ -126,7 +126,8 @@ public struct ConvertStage: Stage {
         if Path.lastComponent(of: artifact.path).lowercased().hasSuffix(".mib") {
             // A Merlin .mib's .hdr sidecar describes the acquisition: editing it re-converts.
             var id = TaskKey.identity(of: artifact)
-            let hdr = (artifact.path as NSString).deletingPathExtension + ".hdr"
+            let beside = (artifact.path as NSString).deletingPathExtension + ".hdr"
+            let hdr = FileManager.default.fileExists(atPath: beside) ? beside : (item.source.path as NSString).deletingPathExtension + ".hdr"
             if case .map(var m) = id, let st = try? FileStatus.of(path: hdr) {
                 m["hdr"] = TaskKey.identity(of: Artifact(path: hdr, size: st.size, mtimeNanoseconds: st.mtimeNanoseconds)); id = .map(m)
             }
@@ -217,6 +218,10 @@ public struct ConvertStage: Stage {
         o.preparationDate = sampleContext?["preparation_date"]?.text
         o.specPath = ctx.specPath; o.specSHA256 = ctx.specSHA256; o.taskKey = task.key
         o.reportBytes = ctx.reportBytes
+        let hdr = { (p: String) in (p as NSString).deletingPathExtension + ".hdr" }
+        if !FileManager.default.fileExists(atPath: hdr(input.path)), let original = task.item?.source.path, FileManager.default.fileExists(atPath: hdr(original)) {
+            o.mibHeader = hdr(original)
+        }
         let comm = Communicator.current
         let output = outputPath(for: input, fields: fields, itemID: task.itemID, ctx: ctx)
         var dirError: String? = nil
