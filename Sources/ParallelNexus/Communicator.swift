@@ -15,6 +15,9 @@ public final class Communicator: @unchecked Sendable {
     /// The communicator stages run with in this process (`emflow worker --mpi-task` sets MPI's world).
     nonisolated(unsafe) public static var current: Communicator = .serial
 
+    /// A rank of a pretend world of `size` (for planning tests; collective calls are not available).
+    public static func testing(rank: Int, size: Int) -> Communicator { Communicator(rank: rank, size: size, usesMPI: false) }
+
     /// One rank, no MPI.
     public static let serial = Communicator(rank: 0, size: 1, usesMPI: false)
 

@@ -83,3 +83,34 @@ final class NXemWriterTests: XCTestCase {
         XCTAssertEqual(try NexusValidator.problems([dir.file("b.nxs")]), [:])
     }
 }
+
+/// How the 4D writer cuts a scan: rows shared out to ranks (uneven counts, ranks with none) and
+/// steps bounded by the per-rank buffer.
+final class ParallelPlanTests: XCTestCase {
+    func testRowsAreSharedContiguouslyAndCompletely() {
+        for (rows, ranks) in [(7, 1), (7, 2), (7, 3), (2, 3), (0, 2), (256, 5)] {
+            var covered: [Int] = []
+            for r in 0..<ranks {
+                let c = Communicator.testing(rank: r, size: ranks)
+                covered += Array(c.share(of: rows))
+            }
+            XCTAssertEqual(covered, Array(0..<rows), "\(rows) rows on \(ranks) ranks")
+        }
+        XCTAssertEqual(Communicator.testing(rank: 2, size: 3).share(of: 2), 2..<2, "a rank may own no row")
+    }
+
+    func testStepsStayWithinTheBufferAndCoverEveryFrame() {
+        // Rows fit: whole rows per step.
+        let a = ParallelStackWriter.steps(rows: 3..<10, scanX: 5, frameBytes: 1000, chunkFrames: 1, budget: 12_000)
+        XCTAssertEqual(a.map(\.ny), [2, 2, 2, 1])
+        XCTAssertTrue(a.allSatisfy { $0.nx == 5 && $0.x == 0 })
+        // A row larger than the buffer: runs of whole chunks within a row.
+        let b = ParallelStackWriter.steps(rows: 0..<2, scanX: 10, frameBytes: 1000, chunkFrames: 4, budget: 9_000)
+        XCTAssertEqual(b.map { [$0.y, $0.x, $0.nx] }, [[0, 0, 8], [0, 8, 2], [1, 0, 8], [1, 8, 2]])
+        for steps in [a, b] {
+            let frames = steps.flatMap { $0.frames(scanX: steps == a ? 5 : 10) }
+            XCTAssertEqual(frames, Array(frames.first!...frames.last!), "contiguous, in order, no gaps")
+        }
+        XCTAssertEqual(ParallelStackWriter.steps(rows: 4..<4, scanX: 5, frameBytes: 10, chunkFrames: 1, budget: 100), [])
+    }
+}
