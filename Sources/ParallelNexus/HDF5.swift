@@ -89,7 +89,7 @@ public enum HDF5Library {
     static let holder = Atomic<UInt>(0)
 
     public static func serialized<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        let me = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(bitPattern: UInt(pthread_self()))))
+        let me = UInt(pthread_self())
         if holder.load(ordering: .acquiring) == me { return try body() }
         return try lock.withLock { _ throws(E) -> T in
             holder.store(me, ordering: .releasing)
