@@ -249,29 +249,16 @@ public struct FourDSTEMToNXem: Sendable {
             f("\(ev)/detector_metadata/\(name)", .string(value))
         }
 
-        f("profiling/program1/program", .string("emflow"))
-        doc.fields["profiling/program1/program"]!.attributes["version"] = .string(EmflowVersion.current)
-        f("profiling/program2/program", .string("HDF5"))
-        doc.fields["profiling/program2/program"]!.attributes["version"] = .string(HDF5Library.version)
         f("note_input/file_name", .string(inputURI))
         if let knownSHA { f("note_input/checksum", .string(knownSHA)) }
         f("note_input/algorithm", .string("sha256"))
         f("note_input/type", .string(source.mediaType))
         f("note_input/description", .string("\(source.format) \(g.scanY)×\(g.scanX) scan of \(g.frameHeight)×\(g.frameWidth) \(g.pixelType.rawValue) frames; start_time is the input file's modification time"))
-        if let spec = options.specPath, let specSHA = options.specSHA256 {
-            f("note_workflow/file_name", .string(spec)); f("note_workflow/checksum", .string(specSHA))
-            f("note_workflow/algorithm", .string("sha256")); f("note_workflow/type", .string("application/yaml"))
-        }
         doc.groupAttributes[""] = ["default": .string("measurement")]
         doc.groupAttributes["measurement"] = ["default": .string("event1")]
         doc.groupAttributes[ev] = ["default": .string("image2")]
-        doc.rootAttributes["default"] = .string("entry1")
-        doc.rootAttributes["creator"] = .string("emflow")
-        doc.rootAttributes["creator_version"] = .string(EmflowVersion.current)
-        doc.rootAttributes["file_time"] = .string(now)
+        doc.addProvenance(fileTime: now, specPath: options.specPath, specSHA256: options.specSHA256, taskKey: options.taskKey)
         doc.rootAttributes["file_name"] = .string((target as NSString).lastPathComponent)
-        doc.rootAttributes["HDF5_Version"] = .string(HDF5Library.version)
-        if let key = options.taskKey { doc.rootAttributes[NXemWriter.taskKeyAttribute] = .string(key) }
         return doc
     }
 }

@@ -377,8 +377,6 @@ public struct TIFFToNXem: Sendable {
         }
 
         // Provenance.
-        doc.fields["profiling/program1/program"] = .init(.string("emflow"), attributes: ["version": .string(EmflowVersion.current)])
-        doc.fields["profiling/program2/program"] = .init(.string("HDF5"), attributes: ["version": .string(HDF5Library.version)])
         doc.fields["note_input/file_name"] = .init(.string(Self.uri(input)))
         doc.fields["note_input/checksum"] = .init(.string(sha))
         doc.fields["note_input/algorithm"] = .init(.string("sha256"))
@@ -391,21 +389,11 @@ public struct TIFFToNXem: Sendable {
             doc.fields["note_mapping/type"] = .init(.string("application/json"))
             doc.fields["note_mapping/description"] = .init(.string("emflow mapping '\(table.name)': \(table.description)"))
         }
-        if let spec = options.specPath, let specSHA = options.specSHA256 {
-            doc.fields["note_workflow/file_name"] = .init(.string(spec))
-            doc.fields["note_workflow/checksum"] = .init(.string(specSHA))
-            doc.fields["note_workflow/algorithm"] = .init(.string("sha256"))
-            doc.fields["note_workflow/type"] = .init(.string("application/yaml"))
-        }
         doc.groupAttributes[""] = ["default": .string("measurement")]
         doc.groupAttributes["measurement"] = ["default": .string("event1")]
         doc.groupAttributes["measurement/event1"] = ["default": .string("image1")]
-        doc.rootAttributes["default"] = .string("entry1")
-        doc.rootAttributes["creator"] = .string("emflow")
-        doc.rootAttributes["creator_version"] = .string(EmflowVersion.current)
-        doc.rootAttributes["file_time"] = .string(Self.iso(Date(), timezone: options.timezone))
-        doc.rootAttributes["HDF5_Version"] = .string(HDF5Library.version)
-        if let key = options.taskKey { doc.rootAttributes[NXemWriter.taskKeyAttribute] = .string(key) }
+        doc.addProvenance(fileTime: Self.iso(Date(), timezone: options.timezone), specPath: options.specPath,
+                          specSHA256: options.specSHA256, taskKey: options.taskKey)
         return doc
     }
 
@@ -418,6 +406,27 @@ public struct TIFFToNXem: Sendable {
 
     static func uri(_ path: String) -> String {
         "file://" + (path.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? path)
+    }
+}
+
+extension NXemDocument {
+    /// What every emflow NeXus file says about how it was made: the programs (emflow, HDF5) with
+    /// their versions, the workflow spec and its checksum, the root attributes and the task key.
+    mutating func addProvenance(fileTime: String, specPath: String?, specSHA256: String?, taskKey: String?) {
+        fields["profiling/program1/program"] = .init(.string("emflow"), attributes: ["version": .string(EmflowVersion.current)])
+        fields["profiling/program2/program"] = .init(.string("HDF5"), attributes: ["version": .string(HDF5Library.version)])
+        if let specPath, let specSHA256 {
+            fields["note_workflow/file_name"] = .init(.string(specPath))
+            fields["note_workflow/checksum"] = .init(.string(specSHA256))
+            fields["note_workflow/algorithm"] = .init(.string("sha256"))
+            fields["note_workflow/type"] = .init(.string("application/yaml"))
+        }
+        rootAttributes["default"] = .string("entry1")
+        rootAttributes["creator"] = .string("emflow")
+        rootAttributes["creator_version"] = .string(EmflowVersion.current)
+        rootAttributes["file_time"] = .string(fileTime)
+        rootAttributes["HDF5_Version"] = .string(HDF5Library.version)
+        if let taskKey { rootAttributes[NXemWriter.taskKeyAttribute] = .string(taskKey) }
     }
 }
 

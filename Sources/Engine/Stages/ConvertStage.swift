@@ -169,8 +169,8 @@ public struct ConvertStage: Stage {
             guard let (y, x) = ShapeText.parse(s) else { throw StageError("scan_shape '\(s)' is not \"Y×X\", e.g. \"256×256\"") }
             o.scan = .init(y: y, x: x)
         }
-        if let dt = p["dtype"]?.stringValue ?? p["frame_shape"]?.stringValue.map({ _ in "" }) {
-            guard let type = PixelType(rawValue: dt), let fs = p["frame_shape"]?.stringValue, let (h, w) = ShapeText.parse(fs) else {
+        if p["dtype"] != nil || p["frame_shape"] != nil {
+            guard let type = p["dtype"]?.stringValue.flatMap(PixelType.init(rawValue:)), let fs = p["frame_shape"]?.stringValue, let (h, w) = ShapeText.parse(fs) else {
                 throw StageError("raw detector data needs both dtype (e.g. uint16) and frame_shape (\"H×W\") under with:")
             }
             var l = RawFrameSource.Layout(pixelType: type, frameHeight: h, frameWidth: w)
@@ -189,7 +189,7 @@ public struct ConvertStage: Stage {
         o.writer.chunkFrames = max(1, p["chunk_frames"]?.intValue ?? 1)
         o.writer.bufferBytes = max(1, p["buffer_mib"]?.intValue ?? 64) << 20
         if let a = p["alignment_mib"]?.doubleValue { o.writer.alignment = a > 0 ? Int(a * 1048576) : nil }
-        else if let stripe = siteStripeBytes(ctx) { o.writer.alignment = stripe }
+        else if let stripe = ctx.stripeBytes { o.writer.alignment = stripe }
         o.scanStepNM = p["scan_step_nm"]?.doubleValue
         o.detectorStep = p["detector_step"]?.doubleValue
         o.detectorUnits = p["detector_units"]?.stringValue ?? "px"
@@ -204,9 +204,6 @@ public struct ConvertStage: Stage {
         }
         return o
     }
-
-    /// The stripe size of the site's first storage root, when the workflow names a site profile.
-    static func siteStripeBytes(_ ctx: TaskContext) -> Int? { ctx.stripeBytes }
 
     func runFourD(_ task: TaskInput, input: Artifact, _ ctx: TaskContext) throws(StageError) -> TaskResult.Partial {
         let p = task.parameters
