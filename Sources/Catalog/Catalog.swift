@@ -69,6 +69,7 @@ public final class Catalog: Sendable {
                 CREATE INDEX outputs_by_sha256 ON outputs(sha256);
                 """)
         }
+        registerArchiveMigrations(&m)
         return m
     }
 
@@ -168,26 +169,24 @@ public final class Catalog: Sendable {
         try read { try TaskRecord.exists($0, key: ["run_id": runID, "key": key]) }
     }
 
-    /// The result documents of every succeeded task, by key (the latest where a key succeeded twice).
-    public func succeededResults() throws(CatalogError) -> [String: String] {
+    /// The result document of the latest succeeded task with this key, nil when it never succeeded.
+    /// One indexed lookup: planners ask per task, so their memory does not grow with the catalog.
+    public func succeededResult(key: String) throws(CatalogError) -> String? {
         try read { db in
-            var out: [String: String] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT key, result FROM tasks WHERE state = 'succeeded' ORDER BY finished_at")
-            while let r = try rows.next() { out[r["key"]] = r["result"] ?? "" }
-            return out
+            try String.fetchOne(db, sql: """
+                SELECT COALESCE(result, '') FROM tasks WHERE key = ? AND state = 'succeeded' ORDER BY finished_at DESC LIMIT 1
+                """, arguments: [key])
         }
     }
 
-    /// Per item, the key and result of the latest task of `stage` that succeeded (or was found done).
-    public func latestResults(stage: String) throws(CatalogError) -> [String: (key: String, result: String)] {
+    /// The key and result of the latest task of `stage` for `item` that succeeded (or was found done).
+    public func latestResult(stage: String, item: String) throws(CatalogError) -> (key: String, result: String)? {
         try read { db in
-            var out: [String: (key: String, result: String)] = [:]
-            let rows = try Row.fetchCursor(db, sql: """
-                SELECT item, key, result FROM tasks WHERE stage = ? AND state IN ('succeeded', 'skipped') AND result IS NOT NULL
-                ORDER BY finished_at
-                """, arguments: [stage])
-            while let r = try rows.next() { out[r["item"]] = (r["key"], r["result"]) }
-            return out
+            guard let r = try Row.fetchOne(db, sql: """
+                SELECT key, result FROM tasks WHERE stage = ? AND item = ? AND state IN ('succeeded', 'skipped') AND result IS NOT NULL
+                ORDER BY finished_at DESC LIMIT 1
+                """, arguments: [stage, item]) else { return nil }
+            return (r["key"], r["result"])
         }
     }
 
@@ -240,14 +239,9 @@ public final class Catalog: Sendable {
 
     // MARK: - Objects and outputs
 
-    /// The SHA-256 recorded for each managed file that has one, by URI (what verification compares with).
-    public func recordedSums() throws(CatalogError) -> [String: String] {
-        try read { db in
-            var out: [String: String] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT uri, sha256 FROM objects WHERE sha256 IS NOT NULL")
-            while let r = try rows.next() { out[r["uri"]] = r["sha256"] }
-            return out
-        }
+    /// The SHA-256 recorded for a managed file, when there is one (what verification compares with).
+    public func recordedSum(uri: String) throws(CatalogError) -> String? {
+        try read { try String.fetchOne($0, sql: "SELECT sha256 FROM objects WHERE uri = ?", arguments: [uri]) }
     }
 
     public func objects(prefix: String? = nil, proposal: String? = nil, limit: Int? = nil) throws(CatalogError) -> [ObjectRecord] {
@@ -257,6 +251,15 @@ public final class Catalog: Sendable {
             if let proposal { q = q.filter(Column("proposal") == proposal) }
             if let limit { q = q.limit(limit) }
             return try q.fetchAll(db)
+        }
+    }
+
+    /// Local files (not s3:// objects) recorded with these hierarchy fields (proposal, sample, experiment).
+    public func localObjects(fields: [String: String]) throws(CatalogError) -> [ObjectRecord] {
+        try read { db in
+            var q = ObjectRecord.filter(!Column("uri").like("s3://%"))
+            for k in ["proposal", "sample", "experiment"] { if let v = fields[k] { q = q.filter(Column(k) == v) } }
+            return try q.order(Column("uri")).fetchAll(db)
         }
     }
 

@@ -19,13 +19,15 @@ public enum EngineError: Error, Sendable, CustomStringConvertible {
     case input(String)
     case usage(String)
     case interrupted(runID: String)
+    /// Another process holds the lock this one needs (a backfill of the same workflow): try later.
+    case busy(String)
 
     public var description: String {
         switch self {
         case .spec(let e): return e.description
         case .catalog(let e): return e.description
         case .io(let e): return e.description
-        case .input(let s), .usage(let s): return s
+        case .input(let s), .usage(let s), .busy(let s): return s
         case .interrupted(let id): return "run \(id) interrupted; run the same command again to finish it"
         }
     }

@@ -11,7 +11,20 @@ public struct RunOptions: Sendable {
     public var progress = true
     /// Plain log lines (run started, stage summaries); the CLI prints them.
     public var log: @Sendable (String) -> Void = { _ in }
+    /// The items to run instead of the inputs' listing (a backfill batch, a reprocess selection).
+    public var items: ItemSource? = nil
     public init() {}
+}
+
+/// Items chosen by the caller rather than listed from the inputs; called once the executor has
+/// its lock and has dealt with earlier runs, just before it plans.
+public typealias ItemSource = @Sendable () throws(EngineError) -> [Item]
+
+extension InputScanner {
+    static func items(_ workflow: Workflow, source: ItemSource?) throws(EngineError) -> Result {
+        if let source { return Result(items: try source(), problems: []) }
+        return try scan(workflow, skip: [workflow.workspace])
+    }
 }
 
 /// The outcome of one `emflow run`, for printing and for `--json`.
@@ -124,13 +137,11 @@ public final class RunDriver: Sendable {
         defer { withExtendedLifetime(lock) {} }
 
         try collectInterruptedRuns(options)
-        let scan = try InputScanner.scan(workflow, skip: [workflow.workspace])
+        let scan = try InputScanner.items(workflow, source: options.items)
         let items = scan.items
         for p in scan.problems { options.log("input problem: \(p)") }
         try checkFirstStages(items)
 
-        let done: [String: String]
-        do { done = try catalog.succeededResults() } catch { throw .catalog(error) }
         let runID = options.dryRun ? nil : Self.newRunID()
         let runDir = runID.map { Path.join(runsDirectory, $0) }
         if let runID, let runDir {
@@ -180,11 +191,10 @@ public final class RunDriver: Sendable {
 
             var tasks: [TaskInput] = []
             let keying = try StageKeying(stage: stage, ctx: ctx, runID: runID)
-            let recorded = try keying.recordedSums(catalog)
             if impl.granularity == .perItem {
-                for (item, art) in inputs { tasks.append(keying.task(item: item, artifact: art, recorded: recorded[art.path])) }
+                for (item, art) in inputs { tasks.append(keying.task(item: item, artifact: art, recorded: try keying.recordedSum(catalog, path: art.path))) }
             } else {
-                let (dirTasks, problems) = keying.directoryTasks(inputs, workflow: workflow, specSHA256: specSHA256)
+                let (dirTasks, problems) = try keying.directoryTasks(inputs, workflow: workflow, specSHA256: specSHA256, catalog: catalog)
                 tasks = dirTasks
                 for p in problems {
                     summary.failures.append(.init(stage: stage.name, item: p.item, error: p.error))
@@ -198,7 +208,7 @@ public final class RunDriver: Sendable {
             var stageAfter: [String: Artifact] = [:]
             var skipRecords: [TaskRecord] = []
             for t in tasks {
-                if let (json, prior) = keying.doneBefore(t, done: done) {
+                if let (json, prior) = try keying.doneBefore(t, catalog: catalog) {
                     skippedResults.append(prior)
                     if let a = prior.artifact { stageAfter[t.itemID] = a }
                     line.skipped += 1

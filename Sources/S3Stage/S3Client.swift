@@ -179,16 +179,29 @@ public final class S3Client: Sendable {
     public func list(bucket: String, prefix: String = "", delimiter: String? = nil,
                      page: ((Int) -> Void)? = nil) throws(S3Error) -> (objects: [S3Object], prefixes: [String]) {
         var objects: [S3Object] = [], prefixes: [String] = []
+        try listPages(bucket: bucket, prefix: prefix, delimiter: delimiter) { o, p in
+            objects += o; prefixes += p
+            page?(objects.count)
+            return true
+        }
+        return (objects, prefixes)
+    }
+
+    /// The listing one page at a time (1000 keys), in key order, so a caller can walk millions of
+    /// objects in constant memory; `body` returns false to stop early. Starts after `startAfter` when given.
+    public func listPages(bucket: String, prefix: String = "", delimiter: String? = nil, startAfter: String? = nil,
+                          _ body: ([S3Object], [String]) throws(S3Error) -> Bool) throws(S3Error) {
         var token: String? = nil
         repeat {
             var q: [(String, String)] = [("list-type", "2"), ("encoding-type", "url"), ("max-keys", "1000")]
             if !prefix.isEmpty { q.append(("prefix", prefix)) }
             if let delimiter { q.append(("delimiter", delimiter)) }
-            if let token { q.append(("continuation-token", token)) }
+            if let token { q.append(("continuation-token", token)) } else if let startAfter { q.append(("start-after", startAfter)) }
             let r = try send(Request(operation: "ListObjectsV2", method: "GET", bucket: bucket, key: nil, query: q))
             let xml = String(decoding: r.body, as: UTF8.self)[...]
             let encoded = S3XML.value(xml, "EncodingType") == "url"
             func k(_ s: String) -> String { encoded ? percentDecode(s) : s }
+            var objects: [S3Object] = [], prefixes: [String] = []
             for c in S3XML.elements(xml, "Contents") {
                 guard let key = S3XML.value(c, "Key") else { continue }
                 objects.append(S3Object(key: k(key), size: Int64(S3XML.value(c, "Size") ?? "") ?? 0,
@@ -196,14 +209,13 @@ public final class S3Client: Sendable {
                                         lastModified: Self.parseISODate(S3XML.value(c, "LastModified") ?? "")))
             }
             for p in S3XML.elements(xml, "CommonPrefixes") { if let v = S3XML.value(p, "Prefix") { prefixes.append(k(v)) } }
-            page?(objects.count)
             token = S3XML.value(xml, "IsTruncated") == "true" ? S3XML.value(xml, "NextContinuationToken") : nil
             if S3XML.value(xml, "IsTruncated") == "true" && token == nil {
                 throw S3Error(operation: "ListObjectsV2", bucket: bucket, key: prefix, status: r.status, code: nil,
                               message: "the listing is truncated but gives no continuation token", hint: "the server does not speak ListObjectsV2 properly")
             }
+            if try !body(objects, prefixes) { return }
         } while token != nil
-        return (objects, prefixes)
     }
 
     /// The object's size, ETag, metadata and stored checksum; nil when it does not exist.

@@ -16,10 +16,11 @@ struct Emflow: ParsableCommand {
               emflow catalog find --sha256 HEX --spec ...     which files have this content
 
             Exit codes: 0 all done; 1 some items failed (the others were done); 2 bad usage or spec;
-            3 environment problem (missing input, unwritable workspace, catalog); 130 interrupted.
+            3 environment problem (missing input, unwritable workspace, catalog); 75 another backfill of
+            the workflow is running (try later); 130 interrupted.
             """,
         version: EmflowVersion.current,
-        subcommands: [RunCommand.self, ValidateCommand.self, StatusCommand.self, LogsCommand.self, CancelCommand.self, WorkerCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
+        subcommands: [RunCommand.self, BackfillCommand.self, ValidateCommand.self, StatusCommand.self, LogsCommand.self, CancelCommand.self, WorkerCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
                       ChecksumCommand.self, InspectCommand.self, S3Command.self, StagesCommand.self, VersionCommand.self])
 }
 
@@ -29,6 +30,8 @@ enum Exit {
     static let usage: Int32 = 2
     static let environment: Int32 = 3
     static let interrupted: Int32 = 130
+    /// EX_TEMPFAIL: another backfill of the workflow holds its lock; nothing was done.
+    static let busy: Int32 = 75
 }
 
 /// The one place errors become messages and exit codes.
@@ -40,6 +43,7 @@ func failing<T>(_ body: () throws -> T) throws -> T {
         switch e {
         case .spec, .usage: throw ExitCode(Exit.usage)
         case .interrupted: throw ExitCode(Exit.interrupted)
+        case .busy: throw ExitCode(Exit.busy)
         default: throw ExitCode(Exit.environment)
         }
     }

@@ -4,6 +4,7 @@ import Engine
 import Catalog
 import Checksums
 import POSIXFiles
+import WorkflowSpec
 
 /// Where the catalog is: --workspace, else the spec's workspace, else $EMFLOW_WORKSPACE.
 struct WorkspaceOptions: ParsableArguments {
@@ -40,6 +41,8 @@ struct StatusCommand: ParsableCommand {
         var run: RunRecord
         var stages: [Catalog.StageCounts]
         var failures: [Failure]?
+        /// With --spec: the whole archive of the workflow (backfill), when it has one.
+        var archive: ArchiveTotals?
         struct Failure: Encodable { var stage: String; var item: String; var state: String; var tries: Int; var error: String? }
     }
 
@@ -53,6 +56,13 @@ struct StatusCommand: ParsableCommand {
                     print("\(r.id)  \(r.state.padding(toLength: 11, withPad: " ", startingAt: 0))  \(r.workflow)  \(r.items) item(s)  started \(Self.time(r.startedAt))")
                 }
                 if runs.isEmpty { print("no runs yet") }
+                return
+            }
+            // With --spec: where the workflow's whole archive stands (backfill), before the latest run.
+            var archive: ArchiveTotals? = nil
+            if let spec = where_.spec, runID == nil { archive = try Self.archive(spec: spec, catalog: catalog) }
+            if runs.isEmpty, let archive {
+                if json { try printJSON(["archive": archive]) } else { print(ArchiveView.summary(archive)) }
                 return
             }
             var record = try findRun(runID, in: catalog)
@@ -73,7 +83,12 @@ struct StatusCommand: ParsableCommand {
                 let f = try catalog.tasks(runID: record.id).filter { $0.state == "failed" || $0.state == "blocked" }
                 failures = f.map { .init(stage: $0.stage, item: $0.item, state: $0.state, tries: $0.tries, error: $0.error) }
             }
-            if json { try printJSON(RunDetail(run: record, stages: stages, failures: failed ? failures : nil)); return }
+            if archive != nil, let spec = where_.spec {
+                // The refresh above may have ended a Slurm batch: settle it before showing the archive.
+                archive = try Self.archive(spec: spec, catalog: catalog)
+            }
+            if json { try printJSON(RunDetail(run: record, stages: stages, failures: failed ? failures : nil, archive: archive)); return }
+            if let archive { print(ArchiveView.summary(archive)) }
             print("run \(record.id): \(record.workflow), \(record.state), \(record.items) item(s), started \(Self.time(record.startedAt))" +
                   (record.finishedAt.map { ", took \(ProgressReporter.duration($0 - record.startedAt))" } ?? ""))
             if inSlurm > 0 { print("  in Slurm: \(inSlurm) array task(s) queued or running (emflow status \(record.id) --wait follows them)") }
@@ -86,6 +101,15 @@ struct StatusCommand: ParsableCommand {
             for f in shown { print("  \(f.state.uppercased()) \(f.stage) \(f.item) (tries \(f.tries)): \(f.error ?? "")") }
             if !failed, let n = failures?.count, n > 10 { print("  … \(n - 10) more (--failed lists all)") }
         }
+    }
+
+    /// The archive of the spec's workflow with ended batches settled; nil when it was never backfilled.
+    static func archive(spec: String, catalog: Catalog) throws -> ArchiveTotals? {
+        let wf: Workflow
+        do { wf = try StageRegistry.parser.load(path: spec) } catch { throw EngineError.spec(error) }
+        _ = try Backfill.settleEnded(workflow: wf, catalog: catalog)
+        let t = try catalog.archiveTotals(workflow: wf.name)
+        return t.total.items > 0 ? t : nil
     }
 
     static func time(_ t: Double) -> String {

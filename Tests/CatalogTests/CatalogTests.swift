@@ -23,7 +23,10 @@ final class CatalogTests: XCTestCase {
         // the file changes (size/mtime) with no new sum: the old sum is dropped, never kept stale
         try c.record(task: task, objects: [ObjectRecord(uri: "/m/P/S/E/raw/a.tif", size: 11, mtimeNanoseconds: 6, sha256: nil, runID: "r1", updatedAt: 4)])
         XCTAssertNil(try c.object(uri: "/m/P/S/E/raw/a.tif")?.sha256)
-        XCTAssertEqual(try c.succeededResults(), ["k1": "{}", "k2": "{\"x\":1}"])
+        XCTAssertEqual(try c.succeededResult(key: "k1"), "{}")
+        XCTAssertEqual(try c.succeededResult(key: "k2"), "{\"x\":1}")
+        XCTAssertNil(try c.succeededResult(key: "k3"))
+        XCTAssertEqual(try c.latestResult(stage: "checksum", item: "a.tif")?.key, "k2")
         XCTAssertEqual(try c.stageCounts(runID: "r1").map(\.stage), ["ingest", "checksum"])
         XCTAssertTrue(try c.checkIntegrity())
     }

@@ -14,6 +14,8 @@ public struct SlurmOptions: Sendable {
     /// The binary job scripts run (default: this one).
     public var emflowPath: String? = nil
     public var pollInterval: Double? = nil
+    /// The items to run instead of the inputs' listing (a backfill batch, a reprocess selection).
+    public var items: ItemSource? = nil
     public init() {}
 }
 
@@ -118,7 +120,7 @@ public final class SlurmExecutor: Sendable {
             if options.dryRun { config = SlurmConfig(values: [:]) } else { throw .input("\(error)") }
         }
         let started = RunDriver.now()
-        let scan = try InputScanner.scan(workflow, skip: [workflow.workspace])
+        let scan = try InputScanner.items(workflow, source: options.items)
         for p in scan.problems { options.log("input problem: \(p)") }
         let items = scan.items
         try checkPlan(items: items)
@@ -148,8 +150,6 @@ public final class SlurmExecutor: Sendable {
             } catch let e as POSIXFileError { throw .io(e) } catch let e as CatalogError { throw .catalog(e) } catch { throw .input("\(error)") }
         }
 
-        let done: [String: String]
-        do { done = try catalog.succeededResults() } catch { throw .catalog(error) }
         var known: [String: [String: Artifact]] = [:]     // stage → item → artifact (task done before)
         var pending: [String: [String: Int]] = [:]        // stage → item → slice that runs it
         var jobsOf: [String: [String]] = [:]              // stage → array job ids
@@ -163,11 +163,6 @@ public final class SlurmExecutor: Sendable {
                 submission.driverStages.append(stage.name)
                 continue
             }
-            let recorded = try keying.recordedSums(catalog)
-            var prior: [String: (key: String, result: String)] = [:]
-            do {
-                if stage.needs.contains(where: { pending[$0]?.isEmpty == false }) { prior = try catalog.latestResults(stage: stage.name) }
-            } catch { throw .catalog(error) }
 
             var entries: [WorkEntry] = []
             var skipRecords: [TaskRecord] = []
@@ -183,8 +178,8 @@ public final class SlurmExecutor: Sendable {
                 }
                 guard reachable else { continue }
                 if ups.isEmpty, let input {
-                    let t = keying.task(item: item, artifact: input, recorded: recorded[input.path])
-                    if let (json, r) = keying.doneBefore(t, done: done) {
+                    let t = keying.task(item: item, artifact: input, recorded: try keying.recordedSum(catalog, path: input.path))
+                    if let (json, r) = try keying.doneBefore(t, catalog: catalog) {
                         if let a = r.artifact { stageKnown[item.id] = a }
                         skipRecords.append(TaskRecord(runID: runID, key: t.key, stage: stage.name, kind: stage.uses, item: item.id,
                                                       state: "skipped", tries: 0, startedAt: nil, finishedAt: nil, bytes: 0, error: nil, result: json))
@@ -192,7 +187,9 @@ public final class SlurmExecutor: Sendable {
                     }
                     entries.append(WorkEntry(itemID: item.id, item: item, input: input, key: t.key, recorded: t.recordedSHA256, upstream: [], prior: nil))
                 } else {
-                    let p = prior[item.id].map { WorkEntry.Prior(key: $0.key, result: $0.result) }
+                    let latest: (key: String, result: String)?
+                    do { latest = try catalog.latestResult(stage: stage.name, item: item.id) } catch { throw .catalog(error) }
+                    let p = latest.map { WorkEntry.Prior(key: $0.key, result: $0.result) }
                     entries.append(WorkEntry(itemID: item.id, item: item, input: nil, key: nil, recorded: nil, upstream: ups, prior: p))
                 }
             }

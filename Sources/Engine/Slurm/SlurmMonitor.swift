@@ -238,15 +238,13 @@ final class SlurmMonitor {
                 } else {
                     inputs = itemsByID.values.map { ($0, $0.source) }
                 }
-                let (tasks, problems) = keying.directoryTasks(inputs.sorted { $0.0.id < $1.0.id }, workflow: workflow, specSHA256: plan.specSHA256)
-                let done: [String: String]
-                do { done = try catalog.succeededResults() } catch { throw .catalog(error) }
+                let (tasks, problems) = try keying.directoryTasks(inputs.sorted { $0.0.id < $1.0.id }, workflow: workflow, specSHA256: plan.specSHA256, catalog: catalog)
                 var recs: [TaskRecord] = problems.map {
                     TaskRecord(runID: runID, key: "readme:\($0.item)", stage: st.name, kind: st.kind, item: $0.item, state: "failed", tries: 1,
                                startedAt: nil, finishedAt: RunDriver.now(), bytes: 0, error: $0.error, result: nil)
                 }
                 for t in tasks {
-                    if let (json, _) = keying.doneBefore(t, done: done) {
+                    if let (json, _) = try keying.doneBefore(t, catalog: catalog) {
                         recs.append(TaskRecord(runID: runID, key: t.key, stage: st.name, kind: st.kind, item: t.itemID, state: "skipped", tries: 0,
                                                startedAt: nil, finishedAt: nil, bytes: 0, error: nil, result: json))
                         continue
