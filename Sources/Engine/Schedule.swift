@@ -71,9 +71,8 @@ public struct CronSchedule: Sendable, Equatable, CustomStringConvertible {
     public func next(after date: Date, timeZone: TimeZone = .current) -> Date? {
         var cal = Calendar(identifier: .gregorian)
         cal.timeZone = timeZone
-        guard var t = cal.date(bySetting: .second, value: 0, of: date.addingTimeInterval(60)) else { return nil }
-        if t <= date { t = t.addingTimeInterval(60) }
-        t = cal.dateInterval(of: .minute, for: t)?.start ?? t
+        // The start of the minute after the one `date` is in.
+        guard var t = cal.dateInterval(of: .minute, for: date)?.end else { return nil }
         let limit = date.addingTimeInterval(5 * 366 * 86400)
         while t < limit {
             let c = cal.dateComponents([.month, .day, .weekday, .hour, .minute], from: t)
