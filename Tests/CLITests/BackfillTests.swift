@@ -182,7 +182,10 @@ final class BackfillTests: XCTestCase {
         var batches: [Int] = []
         for i in 0..<3 {
             let r = try emflow(["backfill", "--max-items", "60", "--wait", "--json", spec], env: cluster.environment(counter: counter, extra: server.childEnvironment()))
-            XCTAssertEqual(r.status, 0, r.combined)
+            if r.status != 0 {
+                let logs = try emflow(["logs", "--failed", "--lines", "40", "--spec", spec], env: env)
+                XCTFail("backfill exited \(r.status): \(r.stderr.suffix(3000))\n\(logs.stdout.prefix(6000))")
+            }
             let rep = json(r.stdout)
             let reg = (rep["listing"] as? [String: Any])?["registration"] as? [String: Any] ?? [:]
             XCTAssertEqual(reg["listed"] as? Int, n)

@@ -119,7 +119,7 @@ final class CLITests: XCTestCase {
         Thread.sleep(forTimeInterval: 0.1)
         let r = try emflow(["run", "--quiet", spec])
         XCTAssertEqual(r.status, 2, r.combined)
-        XCTAssertTrue(r.stderr.contains("another emflow run (pid \(p.processIdentifier))"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("another emflow run (pid \(p.processIdentifier), since "), r.stderr)
     }
 
     /// Unreadable input and an unwritable output directory, as an ordinary user (root reads everything).
