@@ -138,18 +138,11 @@ public final class Backfill: Sendable {
             var o = RunOptions()
             o.jobs = options.jobs; o.progress = options.progress; o.log = options.log
             o.items = source
-            do {
-                let s = try driver.run(o)
-                report.run = s
-                runID = s.runID
-                state = s.state
-            } catch {
-                if case .interrupted = error {
-                    // The batch's items stay pending; what finished is in the catalog and is skipped next time.
-                    report.totals = try totals()
-                }
-                throw error
-            }
+            // Interrupted: the batch's items stay pending; what finished is in the catalog and is skipped next time.
+            let s = try driver.run(o)
+            report.run = s
+            runID = s.runID
+            state = s.state
         }
         let entries = chosen.get()
         if let runID, !entries.isEmpty {
