@@ -56,6 +56,10 @@ public struct ArchiveTotals: Codable, Sendable, Equatable {
     public var doneInBatches: Count
     public var lastListing: ArchivePass?
 
+    public static func empty(workflow: String) -> ArchiveTotals {
+        ArchiveTotals(workflow: workflow, states: [:], total: .init(), batches: 0, batchSeconds: 0, doneInBatches: .init(), lastListing: nil)
+    }
+
     /// Bytes a second over the finished batches; nil before the first.
     public var bytesPerSecond: Double? { batchSeconds > 0 && doneInBatches.bytes > 0 ? Double(doneInBatches.bytes) / batchSeconds : nil }
     public var itemsPerSecond: Double? { batchSeconds > 0 && doneInBatches.items > 0 ? Double(doneInBatches.items) / batchSeconds : nil }
@@ -220,7 +224,7 @@ extension Catalog {
 
     public func archiveTotals(workflow: String) throws(CatalogError) -> ArchiveTotals {
         try read { db in
-            var t = ArchiveTotals(workflow: workflow, states: [:], total: .init(), batches: 0, batchSeconds: 0, doneInBatches: .init(), lastListing: nil)
+            var t = ArchiveTotals.empty(workflow: workflow)
             for r in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n, COALESCE(SUM(size), 0) AS b FROM archive WHERE workflow = ? GROUP BY state",
                                       arguments: [workflow]) {
                 let c = ArchiveTotals.Count(items: r["n"], bytes: r["b"])

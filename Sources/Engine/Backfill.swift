@@ -61,13 +61,13 @@ public final class Backfill: Sendable {
     public init(driver: RunDriver) { self.driver = driver }
 
     /// The per-item stages: an item is done when all of them are.
-    var itemStages: [String] {
+    static func itemStages(of workflow: Workflow) -> [String] {
         workflow.stages.filter { StageRegistry.all[$0.uses]?.granularity == .perItem }.map(\.name)
     }
+    var itemStages: [String] { Self.itemStages(of: workflow) }
 
     public static func lockPath(workspace: String, workflow: String) -> String {
-        let safe = String(workflow.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
-        return Path.join(workspace, "backfill-\(safe).lock")
+        Path.join(workspace, "backfill-\(Scheduler.safeName(workflow)).lock")
     }
 
     public func run(_ options: BackfillOptions) throws(EngineError) -> BackfillReport {
@@ -79,7 +79,7 @@ public final class Backfill: Sendable {
         defer { withExtendedLifetime(lock) {} }
 
         var report = BackfillReport(workflow: workflow.name, listing: nil, problems: [], settledRuns: [:], batch: nil, note: nil,
-                                    totals: try totals(), run: nil, submission: nil)
+                                    totals: .empty(workflow: workflow.name), run: nil, submission: nil)
         report.settledRuns = try settleEndedRuns(options)
 
         if options.listing {
@@ -182,7 +182,7 @@ public final class Backfill: Sendable {
     /// Settles the items of every batch of `workflow` whose run has ended (what `emflow status` does
     /// before it shows the archive); batches still running are left alone.
     public static func settleEnded(workflow: Workflow, catalog: Catalog) throws(EngineError) -> [String: [String: Int]] {
-        let stages = workflow.stages.filter { StageRegistry.all[$0.uses]?.granularity == .perItem }.map(\.name)
+        let stages = itemStages(of: workflow)
         var out: [String: [String: Int]] = [:]
         do {
             for r in try catalog.archiveRuns(workflow: workflow.name) {

@@ -179,9 +179,12 @@ public struct Scheduler: Sendable {
         }
     }
 
-    public static func validName(_ n: String) -> Bool {
-        !n.isEmpty && n.count <= 64 && n.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
-    }
+    static func isNameCharacter(_ c: Character) -> Bool { c.isASCII && (c.isLetter || c.isNumber || c == "-" || c == "_" || c == ".") }
+
+    public static func validName(_ n: String) -> Bool { !n.isEmpty && n.count <= 64 && n.allSatisfy(isNameCharacter) }
+
+    /// `name` with every character a schedule name (or a lock file's name) cannot hold made `_`.
+    public static func safeName(_ name: String) -> String { String(name.map { isNameCharacter($0) ? $0 : "_" }) }
 
     func has(_ tool: String) -> Bool {
         (environment("PATH") ?? "").split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)") }

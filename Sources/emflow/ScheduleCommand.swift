@@ -48,7 +48,7 @@ struct ScheduleCommand: ParsableCommand {
                 if retryFailed { args.append("--retry-failed") }
                 let kind = executor.flatMap(ExecutorSpec.Kind.init(rawValue:)) ?? wf.executor.kind
                 if kind != wf.executor.kind { args += ["--executor", kind.rawValue] }
-                var r = Scheduler.Request(name: name ?? Self.defaultName(wf.name), spec: abs, cron: try CronSchedule(at), executor: kind, backfillArguments: args)
+                var r = Scheduler.Request(name: name ?? String(Scheduler.safeName(wf.name).prefix(64)), spec: abs, cron: try CronSchedule(at), executor: kind, backfillArguments: args)
                 r.time = time; r.partition = partition; r.now = now
                 if environment("AWS_SECRET_ACCESS_KEY") != nil && kind == .local {
                     printError("note: AWS_SECRET_ACCESS_KEY is set in this shell; cron will not see it (and emflow does not copy it): give the schedule credentials through AWS_PROFILE / ~/.aws/credentials")
@@ -61,10 +61,6 @@ struct ScheduleCommand: ParsableCommand {
                     print("  (this Slurm has no scrontab: a job waits for each time and resubmits itself; logs in \(Path.join(wf.workspace, "schedule")))")
                 }
             }
-        }
-
-        static func defaultName(_ workflow: String) -> String {
-            String(workflow.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") ? $0 : "_" }.prefix(64))
         }
     }
 
