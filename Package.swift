@@ -26,7 +26,7 @@ let libraries: [Target] = [
     .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
     .target(name: "EMFormats", dependencies: ["CTIFF", "POSIXFiles", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "S3Stage", dependencies: ["CCurl", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
-    .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles", "EMFormats"], exclude: ["README.md"]),
+    .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles", "EMFormats", "Checksums"], exclude: ["README.md"]),
     .target(name: "SlurmAdapter", dependencies: [], exclude: ["README.md"]),
     .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage", "SlurmAdapter"], exclude: ["README.md"]),
 ]
@@ -35,7 +35,7 @@ let libraries: [Target] = [
 let executables: [Target] = [
     .executableTarget(
         name: "emflow",
-        dependencies: ["Engine", "WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "S3Stage",
+        dependencies: ["Engine", "WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage",
                        .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 ]
 

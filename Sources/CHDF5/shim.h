@@ -97,4 +97,23 @@ static inline const char *emflow_h5_take_error(void) {
     H5Eclear2(H5E_DEFAULT);
     return emflow_h5_error_buffer();
 }
+// Name-ordered listings of a group's links and an object's attributes (for reading a file's tree).
+// The H5Literate_by_name macro resolves to the call of the installed HDF5 (1.10: H5L_info_t;
+// 1.12+: H5L_info2_t), so emflow builds against either; Swift only sees the names.
+typedef int (*emflow_name_cb)(const char *name, void *ctx);
+typedef struct { emflow_name_cb cb; void *ctx; } emflow_name_iter;
+static herr_t emflow_link_visit(hid_t g, const char *name, const H5L_info_t *info, void *d) {
+    (void)g; (void)info; emflow_name_iter *it = (emflow_name_iter *)d; return it->cb(name, it->ctx);
+}
+static inline herr_t emflow_list_links(hid_t loc, const char *group, emflow_name_cb cb, void *ctx) {
+    emflow_name_iter it = {cb, ctx}; hsize_t idx = 0;
+    return H5Literate_by_name(loc, group, H5_INDEX_NAME, H5_ITER_INC, &idx, emflow_link_visit, &it, H5P_DEFAULT);
+}
+static herr_t emflow_attr_visit(hid_t o, const char *name, const H5A_info_t *info, void *d) {
+    (void)o; (void)info; emflow_name_iter *it = (emflow_name_iter *)d; return it->cb(name, it->ctx);
+}
+static inline herr_t emflow_list_attributes(hid_t obj, emflow_name_cb cb, void *ctx) {
+    emflow_name_iter it = {cb, ctx}; hsize_t idx = 0;
+    return H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx, emflow_attr_visit, &it);
+}
 #endif

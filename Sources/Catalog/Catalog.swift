@@ -70,6 +70,7 @@ public final class Catalog: Sendable {
                 """)
         }
         registerArchiveMigrations(&m)
+        registerLineageMigrations(&m)
         return m
     }
 

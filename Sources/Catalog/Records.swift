@@ -90,6 +90,9 @@ public struct ObjectRecord: Codable, Sendable, Equatable, FetchableRecord, Persi
 }
 
 /// A file emflow produced (README, SHA256SUMS, NeXus file, ...), with the task that made it.
+/// Converted files also carry their lineage: the dataset they are a version of (the path of version 1),
+/// the version number, the version they supersede, and the mapping (name, declared version, content
+/// hash), instrument and acquisition time they were made with, for reprocessing and its queries.
 public struct OutputRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
     public static let databaseTableName = "outputs"
     public var uri: String
@@ -100,6 +103,18 @@ public struct OutputRecord: Codable, Sendable, Equatable, FetchableRecord, Persi
     public var stage: String
     public var kind: String
     public var createdAt: Double
+    public var item: String? = nil
+    public var dataset: String? = nil
+    public var version: Int? = nil
+    public var predecessor: String? = nil
+    public var mapping: String? = nil
+    public var mappingVersion: String? = nil
+    public var mappingSHA256: String? = nil
+    public var instrument: String? = nil
+    public var acquiredAt: String? = nil
+    public var proposal: String? = nil
+    public var sample: String? = nil
+    public var experiment: String? = nil
 
     public init(uri: String, sha256: String, size: Int64, taskKey: String, runID: String, stage: String, kind: String, createdAt: Double) {
         self.uri = uri; self.sha256 = sha256; self.size = size; self.taskKey = taskKey; self.runID = runID
@@ -107,6 +122,8 @@ public struct OutputRecord: Codable, Sendable, Equatable, FetchableRecord, Persi
     }
 
     enum CodingKeys: String, CodingKey {
-        case uri, sha256, size, taskKey = "task_key", runID = "run_id", stage, kind, createdAt = "created_at"
+        case uri, sha256, size, taskKey = "task_key", runID = "run_id", stage, kind, createdAt = "created_at",
+             item, dataset, version, predecessor, mapping, mappingVersion = "mapping_version", mappingSHA256 = "mapping_sha256",
+             instrument, acquiredAt = "acquired_at", proposal, sample, experiment
     }
 }

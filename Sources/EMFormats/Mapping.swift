@@ -103,13 +103,16 @@ public struct MappingTable: Sendable {
     public var description: String
     public var file: String
     public var sha256: String
+    /// The facility's own version of the mapping (`"version": "2"` or `3`), when it declares one; the
+    /// catalog also knows each output's mapping by `sha256`.
+    public var version: String?
     public var match: [Condition]
     public var timezone: String?
     public var rules: [Rule]
 
     // MARK: Loading
 
-    static let topKeys = ["emflow_mapping", "name", "description", "match", "timezone", "fields"]
+    static let topKeys = ["emflow_mapping", "name", "version", "description", "match", "timezone", "fields"]
     static let ruleKeys = ["to", "from", "value", "unit", "parse", "scale", "index", "map", "datetime", "required", "combine", "reciprocal", "note"]
 
     /// Parses and validates a mapping; every problem names the line. `sha256` is the file content's hash.
@@ -144,6 +147,13 @@ public struct MappingTable: Sendable {
                 }
                 conditions.append(Condition(key: key, equals: cm["equals"]?.string, glob: cm["glob"]?.string))
             }
+        }
+        var declared: String?
+        if let v = top["version"] {
+            guard case .scalar(let sc) = v, !sc.string.isEmpty else {
+                throw fail(v, "\"version\" is the mapping's own version, a number or text such as \"2\" or \"2026-11\"")
+            }
+            declared = sc.string
         }
         var tz: String?
         if let t = top["timezone"] {
@@ -217,7 +227,7 @@ public struct MappingTable: Sendable {
             rules.append(r)
         }
         return MappingTable(name: name, description: top["description"]?.string ?? "", file: file, sha256: sha256,
-                            match: conditions, timezone: tz, rules: rules)
+                            version: declared, match: conditions, timezone: tz, rules: rules)
     }
 
     static func editDistance(_ a: String, _ b: String) -> Int {

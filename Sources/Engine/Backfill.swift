@@ -109,7 +109,7 @@ public final class Backfill: Sendable {
         }
 
         // The batch is chosen only once the executor holds the workspace and has dealt with earlier runs.
-        let chosen = Chosen()
+        let chosen = Captured<[ArchiveEntry]>([])
         let source: ItemSource = { [catalog, workflow] () throws(EngineError) -> [Item] in
             let entries: [ArchiveEntry]
             do throws(CatalogError) {
@@ -120,30 +120,17 @@ public final class Backfill: Sendable {
             return entries.map(Self.item)
         }
 
-        let kind = options.executor ?? workflow.executor.kind
-        var runID: String? = nil
-        var state = "submitted"
-        if kind == .slurm {
-            var o = SlurmOptions()
-            o.wait = options.wait; o.progress = options.progress; o.log = options.log; o.pollInterval = options.pollInterval
-            o.items = source
-            let sub = try SlurmExecutor(driver: driver).run(o)
-            report.submission = sub
-            if let attached = sub.attachedTo {
-                report.note = "the previous batch (run \(attached)) is still in Slurm; nothing new submitted"
-            }
-            runID = sub.attachedTo == nil ? sub.runID : nil
-            if let s = sub.summary { state = s.state; report.run = s }
-        } else {
-            var o = RunOptions()
-            o.jobs = options.jobs; o.progress = options.progress; o.log = options.log
-            o.items = source
-            // Interrupted: the batch's items stay pending; what finished is in the catalog and is skipped next time.
-            let s = try driver.run(o)
-            report.run = s
-            runID = s.runID
-            state = s.state
+        var lo = LaunchOptions()
+        lo.executor = options.executor; lo.wait = options.wait; lo.jobs = options.jobs; lo.pollInterval = options.pollInterval
+        lo.progress = options.progress; lo.log = options.log
+        // Interrupted locally: the batch's items stay pending; what finished is in the catalog and is skipped next time.
+        let launched = try driver.launch(source, lo)
+        report.run = launched.summary
+        report.submission = launched.submission
+        if let attached = launched.submission?.attachedTo {
+            report.note = "the previous batch (run \(attached)) is still in Slurm; nothing new submitted"
         }
+        let runID = launched.runID, state = launched.state
         let entries = chosen.get()
         if let runID, !entries.isEmpty {
             do {
@@ -154,13 +141,6 @@ public final class Backfill: Sendable {
         }
         report.totals = try totals()
         return report
-    }
-
-    final class Chosen: @unchecked Sendable {
-        let lock = NSLock()
-        var entries: [ArchiveEntry] = []
-        func set(_ e: [ArchiveEntry]) { lock.lock(); entries = e; lock.unlock() }
-        func get() -> [ArchiveEntry] { lock.lock(); defer { lock.unlock() }; return entries }
     }
 
     func totals() throws(EngineError) -> ArchiveTotals {

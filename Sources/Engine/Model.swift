@@ -67,6 +67,26 @@ public struct OutputInfo: Codable, Sendable {
     public var path: String
     public var size: Int64
     public var sha256: String
+    /// For a converted file: which dataset and version it is and what made it.
+    public var lineage: OutputLineage? = nil
+}
+
+/// A converted file's place among the versions of its dataset, and what it was made with (recorded in
+/// the catalog's outputs for `emflow reprocess` selections and `emflow catalog versions`).
+public struct OutputLineage: Codable, Sendable, Equatable {
+    /// The path of version 1.
+    public var dataset: String
+    public var version: Int
+    public var predecessor: String?
+    public var mapping: String?
+    public var mappingVersion: String?
+    public var mappingSHA256: String?
+    /// "vendor model".
+    public var instrument: String?
+    /// The acquisition time (ISO 8601, as written to start_time).
+    public var acquiredAt: String?
+    /// proposal, sample, experiment of the item.
+    public var fields: [String: String]
 }
 
 /// What a worker writes when a task ends (one JSON file per task in the run directory).

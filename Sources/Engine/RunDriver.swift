@@ -443,7 +443,16 @@ extension TaskResult {
     }
 
     func outputRecords() -> [OutputRecord] {
-        outputs.map { OutputRecord(uri: $0.path, sha256: $0.sha256, size: $0.size, taskKey: key, runID: runID, stage: stage, kind: kind, createdAt: finishedAt) }
+        outputs.map {
+            var r = OutputRecord(uri: $0.path, sha256: $0.sha256, size: $0.size, taskKey: key, runID: runID, stage: stage, kind: kind, createdAt: finishedAt)
+            if let l = $0.lineage {
+                r.item = itemID; r.dataset = l.dataset; r.version = l.version; r.predecessor = l.predecessor
+                r.mapping = l.mapping; r.mappingVersion = l.mappingVersion; r.mappingSHA256 = l.mappingSHA256
+                r.instrument = l.instrument; r.acquiredAt = l.acquiredAt
+                r.proposal = l.fields["proposal"]; r.sample = l.fields["sample"]; r.experiment = l.fields["experiment"]
+            }
+            return r
+        }
     }
 }
 

@@ -20,7 +20,7 @@ struct Emflow: ParsableCommand {
             the workflow is running (try later); 130 interrupted.
             """,
         version: EmflowVersion.current,
-        subcommands: [RunCommand.self, BackfillCommand.self, ScheduleCommand.self, ValidateCommand.self, StatusCommand.self, LogsCommand.self, CancelCommand.self, WorkerCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
+        subcommands: [RunCommand.self, BackfillCommand.self, ReprocessCommand.self, DiffCommand.self, ReportCommand.self, ScheduleCommand.self, ValidateCommand.self, StatusCommand.self, LogsCommand.self, CancelCommand.self, WorkerCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
                       ChecksumCommand.self, InspectCommand.self, S3Command.self, StagesCommand.self, VersionCommand.self])
 }
 

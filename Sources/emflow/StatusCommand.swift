@@ -123,7 +123,7 @@ struct StatusCommand: ParsableCommand {
 struct CatalogCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "catalog", abstract: "Query the catalog of managed files and outputs.",
-        subcommands: [List.self, Show.self, Find.self])
+        subcommands: [List.self, Show.self, Find.self, Versions.self])
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "ls", abstract: "List managed files (objects) and outputs.")
@@ -131,12 +131,28 @@ struct CatalogCommand: ParsableCommand {
         @Option(help: "Only paths starting with this.") var prefix: String?
         @Option(help: "Only this proposal.") var proposal: String?
         @Flag(help: "List outputs (README, SHA256SUMS, converted files) instead of managed files.") var outputs = false
+        @Option(help: "Converted outputs a selection matches (as emflow reprocess --select reads it), e.g. \"mapping=fei-sem mapping-version=2\".")
+        var select: String?
+        @Flag(help: "With --select: every version, not only the latest of each dataset.") var allVersions = false
         @Option(help: "At most this many rows.") var limit: Int?
         @Flag(help: "Print as JSON.") var json = false
 
         func run() throws {
             try failing {
                 let c = try where_.catalog()
+                if let select {
+                    var s = try Selection(select, workflow: nil, directory: currentDirectory())
+                    s.outputs.allVersions = allVersions
+                    if s.failed { throw EngineError.usage("state=failed items have no outputs to list; emflow reprocess --dry-run --select \"state=failed\" lists them") }
+                    var rows: [OutputRecord]
+                    do throws(CatalogError) { rows = try c.outputs(matching: s.outputs) } catch { throw EngineError.catalog(error) }
+                    if let prefix { rows = rows.filter { $0.uri.hasPrefix(prefix) } }
+                    if let limit { rows = Array(rows.prefix(limit)) }
+                    if json { try printJSON(rows); return }
+                    for o in rows { print(Versions.line(o)) }
+                    if rows.isEmpty { printError("no converted output matches \"\(select)\"") }
+                    return
+                }
                 if outputs {
                     var rows = try c.outputs(prefix: prefix)
                     if let limit { rows = Array(rows.prefix(limit)) }
@@ -181,6 +197,31 @@ struct CatalogCommand: ParsableCommand {
                     print("output \(out.uri)")
                     print("  size      \(out.size)\n  sha256    \(out.sha256)\n  stage     \(out.stage) (\(out.kind))\n  run       \(out.runID)\n  task      \(out.taskKey)")
                 }
+            }
+        }
+    }
+
+    struct Versions: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "versions", abstract: "Every version of a converted output (any version's path), oldest first; the last is the latest.")
+        @OptionGroup var where_: WorkspaceOptions
+        @Argument(help: "A converted file (any of its versions).") var file: String
+        @Flag(help: "Print as JSON.") var json = false
+
+        static func line(_ o: OutputRecord) -> String {
+            "v\(o.version ?? 1)  \(o.uri)  \(o.mapping.map { "mapping \($0)\(o.mappingVersion.map { " version \($0)" } ?? "") (\(o.mappingSHA256.map { String($0.prefix(12)) } ?? "-"))" } ?? "no mapping")" +
+            "  \(o.instrument ?? "")  \(o.acquiredAt ?? "")  sha256 \(o.sha256.prefix(12))  run \(o.runID)"
+        }
+
+        func run() throws {
+            try failing {
+                let path = file.hasPrefix("/") ? file : Path.resolve(file, against: currentDirectory())
+                let rows: [OutputRecord]
+                do { rows = try where_.catalog().versions(of: path) } catch let e as CatalogError { throw EngineError.catalog(e) }
+                guard !rows.isEmpty else { throw EngineError.usage("\(path) is not a converted output in the catalog; emflow catalog ls --outputs lists them") }
+                if json { try printJSON(rows); return }
+                for o in rows { print(Self.line(o) + (o.predecessor.map { "  supersedes \(($0 as NSString).lastPathComponent)" } ?? "")) }
+                print("latest: \(rows.last!.uri)")
             }
         }
     }

@@ -57,6 +57,10 @@ public struct FourDSTEMToNXem: Sendable {
         public var peakRSSRoot: Int64
         public var reused: Bool
         public var warnings: [String]
+        public var version: Int
+        public var predecessor: String?
+        /// start_time as written: the input file's modification time.
+        public var startTime: String
         public var compressionRatio: Double { outputSize > 0 ? Double(bytesIn) / Double(outputSize) : 0 }
     }
 
@@ -107,24 +111,29 @@ public struct FourDSTEMToNXem: Sendable {
         let g = src.geometry
         var warnings: [String] = []
 
-        // Rank 0 chooses where to write (a new version unless this task already wrote one).
+        // Rank 0 chooses where to write (a new version unless this task already wrote one) and hashes
+        // the version it supersedes; every rank writes the same provenance.
         var decision = ""
         if comm.isRoot {
-            var target = output, version = 1
-            decision = "write\n" + target
-            while FileManager.default.fileExists(atPath: target) {
-                if let key = options.taskKey, NXemWriter.taskKey(ofFileAt: target) == key { decision = "reuse\n" + target; break }
-                version += 1
-                let ext = (output as NSString).pathExtension
-                target = ((output as NSString).deletingPathExtension) + ".v\(version)" + (ext.isEmpty ? "" : "." + ext)
-                decision = "write\n" + target
+            let choice = OutputVersion.choose(output: output, taskKey: options.taskKey)
+            var note: [String: String] = [:]
+            var problem: String? = nil
+            if !choice.reuse {
+                do { for (k, f) in try choice.predecessorNote() { if case .string(let v) = f.value { note[k] = v } } } catch { problem = error.description }
             }
+            let d = Decision(choice: choice, note: note, error: problem)
+            decision = String(decoding: (try? JSONEncoder().encode(d)) ?? Data(), as: UTF8.self)
         }
         decision = comm.broadcast(decision)
-        let parts = decision.split(separator: "\n", maxSplits: 1).map(String.init)
-        let target = parts[1]
-        if target != output { warnings.append("\(output) exists from an earlier conversion (other parameters); wrote \(target)") }
-        if parts[0] == "reuse" {
+        guard let decided = try? JSONDecoder().decode(Decision.self, from: Data(decision.utf8)) else {
+            throw TIFFToNXem.Failure("\(output): the ranks could not agree where to write")
+        }
+        try agree(decided.error)
+        let choice = decided.choice, target = choice.target
+        if target != output { warnings.append("\(output) exists from an earlier conversion (other parameters); wrote version \(choice.version)") }
+        let mtime = (try? FileStatus.of(path: input)).map { Date(timeIntervalSince1970: Double($0.mtimeNanoseconds) / 1e9) } ?? Date()
+        let startTime = TIFFToNXem.iso(mtime, timezone: options.timezone)
+        if choice.reuse {
             var sha = "", size: Int64 = 0, err: String? = nil
             if comm.isRoot {
                 do { let d = try FileHasher.sha256(path: target); sha = d.sha256; size = d.size } catch { err = error.description }
@@ -133,7 +142,8 @@ public struct FourDSTEMToNXem: Sendable {
             return Report(input: input, output: target, format: src.format, shape: g.shape, dataType: g.pixelType.rawValue,
                           compression: options.writer.compression.name, ranks: comm.size, inputSHA256: comm.broadcast(known ?? ""),
                           outputSHA256: comm.broadcast(sha), outputSize: Int64(comm.max(Int(size))), bytesIn: g.totalBytes,
-                          seconds: 0, peakRSSMax: 0, peakRSSRoot: 0, reused: true, warnings: warnings)
+                          seconds: 0, peakRSSMax: 0, peakRSSRoot: 0, reused: true, warnings: warnings,
+                          version: choice.version, predecessor: choice.predecessor, startTime: startTime)
         }
 
         // The input's checksum, when the upstream stage has none, is computed on rank 0 beside the writing.
@@ -141,9 +151,8 @@ public struct FourDSTEMToNXem: Sendable {
             do throws(POSIXFileError) { return .success(try FileHasher.sha256(path: input)) } catch { return .failure(error) }
         } : nil
         let now = comm.broadcast(TIFFToNXem.iso(Date(), timezone: options.timezone))
-        let mtime = (try? FileStatus.of(path: input)).map { Date(timeIntervalSince1970: Double($0.mtimeNanoseconds) / 1e9) } ?? Date()
-        let doc = document(source: src, input: input, target: target, knownSHA: known, now: now,
-                           fileTime: TIFFToNXem.iso(mtime, timezone: options.timezone), warnings: &warnings)
+        var doc = document(source: src, input: input, target: target, knownSHA: known, now: now, fileTime: startTime, warnings: &warnings)
+        for (k, v) in decided.note { doc.fields[k] = .init(.string(v)) }
         var inputSHA = known ?? ""
         let outcome: ParallelStackWriter.Outcome
         do {
@@ -166,8 +175,12 @@ public struct FourDSTEMToNXem: Sendable {
         return Report(input: input, output: target, format: src.format, shape: g.shape, dataType: g.pixelType.rawValue,
                       compression: options.writer.compression.name, ranks: comm.size, inputSHA256: inputSHA,
                       outputSHA256: outcome.outputSHA256, outputSize: outcome.outputSize, bytesIn: outcome.bytesIn, seconds: outcome.seconds,
-                      peakRSSMax: outcome.peakRSSMax, peakRSSRoot: outcome.peakRSSRoot, reused: false, warnings: warnings)
+                      peakRSSMax: outcome.peakRSSMax, peakRSSRoot: outcome.peakRSSRoot, reused: false, warnings: warnings,
+                      version: choice.version, predecessor: choice.predecessor, startTime: startTime)
     }
+
+    /// Rank 0's choice of version, with the predecessor note, as broadcast to the other ranks.
+    struct Decision: Codable { var choice: OutputVersion; var note: [String: String]; var error: String? }
 
     /// Fields that hold the input's SHA-256 (written after the data when it had to be computed).
     static let checksumFields = ["note_input/checksum", "measurement/event1/image1/process/input/checksum",

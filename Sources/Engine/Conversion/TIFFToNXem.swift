@@ -51,6 +51,14 @@ public struct TIFFToNXem: Sendable {
         public var outputSHA256: String
         public var outputSize: Int64
         public var reused: Bool
+        /// Which version of the output this is (1: `name.nxs`, 2: `name.v2.nxs`, ...) and the one before it.
+        public var version: Int
+        public var predecessor: String?
+        public var mappingVersion: String?
+        public var mappingSHA256: String?
+        /// "vendor model" as written to measurement/instrument/fabrication.
+        public var instrument: String
+        public var startTime: String
     }
 
     public struct Failure: Error, CustomStringConvertible, Sendable {
@@ -128,18 +136,13 @@ public struct TIFFToNXem: Sendable {
         }
         let sha: String
         // Where to write: a new version unless this task already wrote one.
-        var target = output
-        var version = 1
-        while FileManager.default.fileExists(atPath: target) {
-            if let key = options.taskKey, NXemWriter.taskKey(ofFileAt: target) == key {
-                sha = try inputSHA()
-                return try report(reusing: target, input: input, table: table, md: md, mapped: mapped, series: series, warnings: warnings, sha: sha)
-            }
-            version += 1
-            let ext = (output as NSString).pathExtension
-            target = ((output as NSString).deletingPathExtension) + ".v\(version)" + (ext.isEmpty ? "" : "." + ext)
+        let choice = OutputVersion.choose(output: output, taskKey: options.taskKey)
+        if choice.reuse {
+            sha = try inputSHA()
+            return try report(choice, input: input, table: table, md: md, mapped: mapped, series: series, warnings: warnings, sha: sha)
         }
-        if version > 1 { warnings.append("\(output) exists from an earlier conversion (other mapping or parameters); wrote version \(version)") }
+        let target = choice.target
+        if choice.version > 1 { warnings.append("\(output) exists from an earlier conversion (other mapping or parameters); wrote version \(choice.version)") }
 
         clock.mark("document")
         // One-page images: pixels that lie in the file as they are (uncompressed, native order) are
@@ -167,6 +170,7 @@ public struct TIFFToNXem: Sendable {
         clock.mark("input sha256 (rest)")
         var doc = try document(file: file, input: input, series: series, md: md, mapped: mapped, table: table, sha: sha, warnings: &warnings)
         doc.rootAttributes["file_name"] = H5Value.string((target as NSString).lastPathComponent)
+        do { for (k, f) in try choice.predecessorNote() { doc.fields[k] = f } } catch { throw Failure(error.description, retryable: error.isTransient) }
         clock.mark("document")
         let outputDigest = Mutex<FileDigest?>(nil)
         do {
@@ -207,12 +211,13 @@ public struct TIFFToNXem: Sendable {
         }
         if single { options.reportBytes(page.decodedBytes) }
         clock.mark("write+sync+output sha256")
-        return try report(reusing: target, input: input, table: table, md: md, mapped: mapped, series: series, warnings: warnings, sha: sha,
-                          reused: false, digest: outputDigest.withLock { $0 })
+        return try report(choice, input: input, table: table, md: md, mapped: mapped, series: series, warnings: warnings, sha: sha,
+                          digest: outputDigest.withLock { $0 })
     }
 
-    func report(reusing target: String, input: String, table: MappingTable?, md: SourceMetadata, mapped: MappedMetadata,
-                series: TIFFSeries, warnings: [String], sha: String, reused: Bool = true, digest: FileDigest? = nil) throws(Failure) -> Report {
+    func report(_ choice: OutputVersion, input: String, table: MappingTable?, md: SourceMetadata, mapped: MappedMetadata,
+                series: TIFFSeries, warnings: [String], sha: String, digest: FileDigest? = nil) throws(Failure) -> Report {
+        let target = choice.target
         let d: FileDigest
         if let digest { d = digest } else {
             do { d = try FileHasher.sha256(path: target) } catch { throw Failure(error.description, retryable: true) }
@@ -223,7 +228,9 @@ public struct TIFFToNXem: Sendable {
                       dataType: p.pixelType?.rawValue ?? "?", images: p.samplesPerPixel, pagesUsed: series.pages,
                       pagesSkipped: series.skipped, sources: md.sources, mapped: mapped.used,
                       kept: md.keys.filter { mapped.used[$0] == nil }, values: mapped.values, warnings: warnings,
-                      inputSHA256: sha, outputSHA256: d.sha256, outputSize: d.size, reused: reused)
+                      inputSHA256: sha, outputSHA256: d.sha256, outputSize: d.size, reused: choice.reuse,
+                      version: choice.version, predecessor: choice.predecessor, mappingVersion: table?.version, mappingSHA256: table?.sha256,
+                      instrument: Self.instrument(md: md, values: mapped.values), startTime: acquisitionTime(mapped.values, input: input))
     }
 
     // MARK: - The NXem tree
@@ -236,13 +243,8 @@ public struct TIFFToNXem: Sendable {
         let page = series.page
 
         // Times: the metadata's, else the file's modification time (said in the provenance).
-        let startTime: String
-        if let s = v["start_time"]?.string ?? v["measurement/event1/start_time"]?.string {
-            startTime = s
-        } else {
-            let st = try? FileStatus.of(path: input)
-            let date = Date(timeIntervalSince1970: Double(st?.mtimeNanoseconds ?? 0) / 1e9)
-            startTime = Self.iso(date, timezone: options.timezone)
+        let startTime = acquisitionTime(v, input: input)
+        if v["start_time"]?.string ?? v["measurement/event1/start_time"]?.string == nil {
             provenance.append("start_time is the input file's modification time: the metadata has no acquisition time")
             warnings.append("no acquisition time in the metadata; start_time is the file's modification time")
         }
@@ -395,6 +397,20 @@ public struct TIFFToNXem: Sendable {
         doc.addProvenance(fileTime: Self.iso(Date(), timezone: options.timezone), specPath: options.specPath,
                           specSHA256: options.specSHA256, taskKey: options.taskKey)
         return doc
+    }
+
+    /// The acquisition time: the metadata's, else the file's modification time.
+    func acquisitionTime(_ v: [String: MappedValue], input: String) -> String {
+        if let s = v["start_time"]?.string ?? v["measurement/event1/start_time"]?.string { return s }
+        let st = try? FileStatus.of(path: input)
+        return Self.iso(Date(timeIntervalSince1970: Double(st?.mtimeNanoseconds ?? 0) / 1e9), timezone: options.timezone)
+    }
+
+    /// "vendor model" of measurement/instrument/fabrication: the mapping's, else the TIFF Make/Model tags.
+    static func instrument(md: SourceMetadata, values v: [String: MappedValue]) -> String {
+        let vendor = v["measurement/instrument/fabrication/vendor"]?.string ?? md["tiff.Make"]?.text ?? "unknown"
+        let model = v["measurement/instrument/fabrication/model"]?.string ?? md["tiff.Model"]?.text ?? "unknown"
+        return "\(vendor) \(model)"
     }
 
     static func iso(_ date: Date, timezone: String) -> String {

@@ -235,7 +235,8 @@ public final class SlurmExecutor: Sendable {
                     }
                     submission.sbatchCalls += 1
                 }
-                stagePlan.arrays.append(.init(offset: part.offset, count: part.count, jobID: line.jobID, script: scriptPath))
+                stagePlan.arrays.append(.init(offset: part.offset, count: part.count, jobID: line.jobID, script: scriptPath,
+                                              submittedAt: options.dryRun ? nil : RunDriver.now()))
                 jobsOf[stage.name, default: []].append(line.jobID!)
                 submission.arrays.append(line)
                 if !options.dryRun {
@@ -375,6 +376,8 @@ public struct ItemLog: Codable, Sendable {
     public var exitCode: String?
     public var stderrFile: String?
     public var stderrTail: [String]?
+    /// When the item's array job was submitted.
+    public var submittedAt: Double?
 
     public init(stage: String, item: String, state: String, error: String?, tries: Int) {
         self.stage = stage; self.item = item; self.state = state; self.error = error; self.tries = tries
@@ -402,6 +405,7 @@ extension SlurmExecutor {
             var l = ItemLog(stage: t.stage, item: t.item, state: t.state, error: t.error, tries: t.tries)
             if let slice = sliceOf[t.stage]?[t.item], let (job, idx) = plan.arrayTask(stage: t.stage, slice: slice) {
                 l.arrayTask = "\(job)_\(idx)"
+                l.submittedAt = plan.stages.first { $0.name == t.stage }?.arrays.first { $0.jobID == job }?.submittedAt
                 l.slurmState = states.tasks["\(job)_\(idx)"]?.state
                 l.exitCode = states.tasks["\(job)_\(idx)"]?.exitCode
                 let path = files.logPath(t.stage, jobID: job, index: idx, err: true)

@@ -35,6 +35,8 @@ struct SlurmPlan: Codable, Sendable {
         var count: Int
         var jobID: String?
         var script: String
+        /// When sbatch accepted it (a task's queue wait is its start minus this).
+        var submittedAt: Double? = nil
     }
 
     var jobIDs: [String] { stages.flatMap { $0.arrays.compactMap(\.jobID) } }

@@ -233,7 +233,9 @@ public struct ConvertStage: Stage {
         let st: FileStatus
         do { st = try FileStatus.of(path: r.output) } catch { throw StageError(error) }
         var out = TaskResult.Partial(artifact: Artifact(path: r.output, size: st.size, mtimeNanoseconds: st.mtimeNanoseconds, sha256: r.outputSHA256))
-        out.outputs = [OutputInfo(path: r.output, size: r.outputSize, sha256: r.outputSHA256)]
+        out.outputs = [OutputInfo(path: r.output, size: r.outputSize, sha256: r.outputSHA256, lineage: OutputLineage(
+            dataset: output, version: r.version, predecessor: r.predecessor, instrument: "\(o.vendor) \(o.model)",
+            acquiredAt: r.startTime, fields: Self.levelFields(fields)))]
         out.bytes = r.bytesIn
         let rate = r.seconds > 0 ? " at \(formatBytes(Int64(Double(r.bytesIn) / r.seconds)))/s" : ""
         out.notes = ["\(r.format) \(r.shape.map(String.init).joined(separator: "×")) \(r.dataType) on \(r.ranks) rank(s), \(r.compression)" +
@@ -279,10 +281,17 @@ public struct ConvertStage: Stage {
         let st: FileStatus
         do { st = try FileStatus.of(path: report.output) } catch { throw StageError(error) }
         var out = TaskResult.Partial(artifact: Artifact(path: report.output, size: st.size, mtimeNanoseconds: st.mtimeNanoseconds, sha256: report.outputSHA256))
-        out.outputs = [OutputInfo(path: report.output, size: report.outputSize, sha256: report.outputSHA256)]
+        out.outputs = [OutputInfo(path: report.output, size: report.outputSize, sha256: report.outputSHA256, lineage: OutputLineage(
+            dataset: output, version: report.version, predecessor: report.predecessor, mapping: report.mapping,
+            mappingVersion: report.mappingVersion, mappingSHA256: report.mappingSHA256, instrument: report.instrument,
+            acquiredAt: report.startTime, fields: Self.levelFields(fields)))]
         out.bytes = input.size
         out.notes = ["mapping \(report.mapping ?? "none"): \(report.mapped.count) key(s) placed, \(report.kept.count) kept verbatim; \(report.shape.map(String.init).joined(separator: "×")) \(report.dataType)"] + report.warnings
         return out
+    }
+
+    static func levelFields(_ fields: [String: String]) -> [String: String] {
+        fields.filter { ReadmeStage.levelFields.contains($0.key) }
     }
 
     func outputPath(for input: Artifact, fields: [String: String], itemID: String, ctx: TaskContext) -> String {

@@ -1,0 +1,37 @@
+import Foundation
+import ParallelNexus
+
+/// What changed between two versions of one converted output: every NeXus path (group, field,
+/// attribute) whose value differs, with the values, split into the metadata a mapping or a
+/// parameter produced and the provenance that differs between any two conversions (file name and
+/// time, task key, mapping and spec checksums, the predecessor note).
+public struct OutputDiff: Codable, Sendable {
+    public var a: String
+    public var b: String
+    public var metadata: [HDF5TreeDiff.Change]
+    public var provenance: [HDF5TreeDiff.Change]
+    public typealias Change = HDF5TreeDiff.Change
+
+    /// Groups under the entry that describe how a file was made rather than what it holds.
+    public static let provenanceGroups: Set<String> = ["note_mapping", "note_workflow", "note_predecessor", "profiling"]
+
+    public static func isProvenance(_ path: String) -> Bool {
+        if path.hasPrefix("/@") { return true }
+        let parts = path.split(separator: "/", maxSplits: 2).map(String.init)
+        guard parts.count >= 2 else { return false }
+        let group = parts[1].split(separator: "@", maxSplits: 1).first.map(String.init) ?? parts[1]
+        return provenanceGroups.contains(group)
+    }
+
+    public static func compare(_ a: String, _ b: String) throws(EngineError) -> OutputDiff {
+        var trees: [HDF5Tree] = []
+        for p in [a, b] {
+            guard FileManager.default.fileExists(atPath: p) else { throw .input("\(p): no such file") }
+            do { trees.append(try HDF5Tree.read(path: p)) } catch {
+                throw .input("\(p): \(error.message) — emflow diff compares two NeXus/HDF5 files")
+            }
+        }
+        let all = HDF5TreeDiff(trees[0], trees[1]).changes
+        return OutputDiff(a: a, b: b, metadata: all.filter { !isProvenance($0.path) }, provenance: all.filter { isProvenance($0.path) })
+    }
+}
