@@ -239,7 +239,7 @@ extension RunReport {
         }
         h += "<p class=\"muted\">Each bar is a task: the pale part is its wait (\(run.executor == "slurm" ? "queued in Slurm since its array job was submitted" : "since the run began, for a worker and its upstream tasks")), the solid part its run; green succeeded, red failed." +
             (tasks.count > shown.count ? " The first \(shown.count) of \(tasks.count) tasks are drawn; --json has all." : "") + "</p>\n"
-        h += "<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(y + 4))\" viewBox=\"0 0 \(Int(width)) \(Int(y + 4))\">\n" + axis + body + "</svg>\n"
+        h += "<svg id=\"timeline\" width=\"\(Int(width))\" height=\"\(Int(y + 4))\" viewBox=\"0 0 \(Int(width)) \(Int(y + 4))\">\n" + axis + body + "</svg>\n"
         return h
     }
 }

@@ -330,3 +330,46 @@ public final class SlurmCallCounter: @unchecked Sendable {
 
     public func reset() { try? FileManager.default.removeItem(atPath: directory + "/calls.log") }
 }
+
+/// A real headless browser (Debian's chromium, installed by scripts/bootstrap) for pages emflow writes.
+public enum Browser {
+    public struct Missing: Error, CustomStringConvertible {
+        public var description: String { "no chromium on PATH: run scripts/bootstrap (it installs Debian's chromium)" }
+    }
+    public struct Page { public let dom: String; public let screenshotBytes: Int }
+
+    public static var executable: String? {
+        for name in ["chromium", "chromium-browser", "google-chrome"] {
+            if let p = try? ProcessRunner.shell("command -v \(name)"), p.status == 0 {
+                let path = p.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                if !path.isEmpty { return path }
+            }
+        }
+        return nil
+    }
+
+    /// Where tests leave files for people to look at (`.test-artifacts/` in the checkout).
+    public static func artifact(_ name: String) -> String {
+        let dir = Tools.packageRoot + "/.test-artifacts"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir + "/" + name
+    }
+
+    /// Loads `html` (a file) with network off, returns the DOM after rendering, and saves a screenshot.
+    public static func render(_ html: String, screenshot: String, size: String = "1280,1800") throws -> Page {
+        guard let exe = executable else { throw Missing() }
+        let profile = NSTemporaryDirectory() + "emflow-chromium-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: profile) }
+        let common = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=" + profile,
+                      "--proxy-server=127.0.0.1:9", "--window-size=" + size]
+        let url = URL(fileURLWithPath: html).absoluteString
+        let dom = try ProcessRunner.run(exe, common + ["--dump-dom", url])
+        guard dom.status == 0 else { throw NexusValidator.PythonFailure(message: "chromium --dump-dom failed: \(dom.stderr)") }
+        try? FileManager.default.removeItem(atPath: screenshot)
+        let shot = try ProcessRunner.run(exe, common + ["--screenshot=" + screenshot, url])
+        let bytes = ((try? FileManager.default.attributesOfItem(atPath: screenshot))?[.size] as? Int) ?? 0
+        guard shot.status == 0, bytes > 0 else { throw NexusValidator.PythonFailure(message: "chromium --screenshot failed: \(shot.stderr)") }
+        print("screenshot of \(html): \(screenshot)")
+        return Page(dom: dom.stdout, screenshotBytes: bytes)
+    }
+}
