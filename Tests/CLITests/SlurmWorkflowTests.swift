@@ -195,6 +195,23 @@ final class SlurmWorkflowTests: XCTestCase {
         let js = try emflow(["logs", "--failed", "--json", "--spec", spec], cluster: cluster)
         let entries = (try? JSONSerialization.jsonObject(with: Data(js.stdout.utf8))) as? [[String: Any]] ?? []
         XCTAssertEqual(entries.count, 13)
+
+        // The run's report: failures with their stderr tails, tasks with their array task and queue wait.
+        let rep = try emflow(["report", "--json", "--spec", spec], cluster: cluster)
+        XCTAssertEqual(rep.status, 0, rep.combined)
+        let report = (try? JSONSerialization.jsonObject(with: Data(rep.stdout.utf8))) as? [String: Any] ?? [:]
+        let failures = report["failures"] as? [[String: Any]] ?? []
+        XCTAssertEqual(failures.count, 13)
+        XCTAssertTrue(failures.contains { ($0["stderrTail"] as? [String] ?? []).joined().contains("DUE TO TIME LIMIT") }, "\(failures)")
+        let tasks = report["tasks"] as? [[String: Any]] ?? []
+        let ingest = tasks.filter { $0["stage"] as? String == "ingest" }
+        XCTAssertEqual(ingest.count, 6, rep.stdout)
+        XCTAssertTrue(ingest.allSatisfy { ($0["arrayTask"] as? String ?? "").contains("_") && ($0["wait"] as? Double ?? -1) >= 0 }, "\(ingest)")
+        let html = t.file("report.html")
+        XCTAssertEqual(try emflow(["report", "--spec", spec, "--html", html], cluster: cluster).status, 0)
+        let page = try Browser.render(html, screenshot: Browser.artifact("report-slurm-faults.png"))
+        XCTAssertTrue(page.dom.contains("DUE TO TIME LIMIT"), "the stderr tail is on the page")
+        XCTAssertTrue(page.dom.contains("queued in Slurm"), "the timeline explains the Slurm wait")
     }
 
     /// slurmctld stopped and started again while a run is followed: the driver retries and says so,
