@@ -42,6 +42,15 @@ final class MappingTests: XCTestCase {
         assertError(mapping(#"{"to": "sample/name", "from": "x", "untis": "V"}"#), line: 6, contains: "did you mean 'unit'")
         assertError("{\n \"emflow_mapping\": 1,\n \"name\": \"t\",\n \"fields\": [\n  {\"to\": \"sample/name\", \"from\": \"x\"},\n", line: 6, contains: "not valid JSON")
         assertError("{\"emflow_mapping\": 2, \"name\": \"t\", \"fields\": []}", line: 1, contains: "emflow_mapping")
+        assertError("{\"emflow_mapping\": 1, \"name\": \"t\", \"version\": [2], \"fields\": []}", line: 1, contains: "the mapping's own version")
+    }
+
+    func testDeclaredVersionIsKept() throws {
+        let numbered = try MappingTable.parse(text: #"{"emflow_mapping": 1, "name": "t", "version": 3, "fields": []}"#, file: "t.json", sha256: "s")
+        XCTAssertEqual(numbered.version, "3")
+        let text = try MappingTable.parse(text: #"{"emflow_mapping": 1, "name": "t", "version": "2026-11b", "fields": []}"#, file: "t.json", sha256: "s")
+        XCTAssertEqual(text.version, "2026-11b")
+        XCTAssertNil(try MappingTable.parse(text: #"{"emflow_mapping": 1, "name": "t", "fields": []}"#, file: "t.json", sha256: "s").version)
     }
 
     func testApplyConvertsToSIAndReportsWhatItUsed() throws {
