@@ -68,7 +68,14 @@ extension Catalog {
         }
         any(["proposal"], s.proposal); any(["sample"], s.sample); any(["experiment"], s.experiment)
         any(["instrument"], s.instrument); any(["mapping"], s.mapping); any(["item"], s.item); any(["run_id"], s.run)
-        any(["dataset", "uri"], s.output)
+        if !s.output.isEmpty {
+            // Any version's path names its dataset.
+            var alts: [String] = []
+            for p in s.output {
+                alts.append("o.dataset GLOB ? OR o.dataset IN (SELECT x.dataset FROM outputs x WHERE x.uri GLOB ?)"); args.append(p); args.append(p)
+            }
+            clauses.append("(" + alts.joined(separator: " OR ") + ")")
+        }
         if !s.mappingVersion.isEmpty {
             var alts: [String] = []
             for v in s.mappingVersion {

@@ -72,9 +72,10 @@ struct ReprocessCommand: ParsableCommand {
             print("  \(r.unchanged) item(s) unchanged: their latest version was made with this mapping and these parameters (edit them to make a new version)")
         }
         for m in r.missing.prefix(20) { print("  not in the inputs any more: \(m)") }
-        if let id = r.runID {
-            print("run \(id) \(r.state ?? "")" + (r.state == "submitted" ? " (in Slurm: emflow status \(id) --spec \(spec))" : "") +
-                  ": \(r.made.count) new version(s)")
+        if let id = r.runID, r.state == "submitted" {
+            print("run \(id) submitted to Slurm: `emflow status \(id) --spec \(spec)` follows it; `emflow catalog versions FILE` lists the new versions once it ends")
+        } else if let id = r.runID {
+            print("run \(id) \(r.state ?? ""): \(r.made.count) new version(s)")
         } else if let a = r.submission?.attachedTo {
             print("run \(a) of this workflow is still in Slurm; nothing new submitted (try again when it ends)")
         }

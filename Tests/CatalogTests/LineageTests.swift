@@ -47,8 +47,10 @@ final class LineageTests: XCTestCase {
         XCTAssertEqual(try c.outputs(matching: d).map(\.uri), ["/m/b.nxs"], "an open range")
         var g = OutputSelection(workflow: "w"); g.instrument = ["*Zeiss*"]; g.sample = ["S1", "S2"]
         XCTAssertEqual(try c.outputs(matching: g).map(\.uri), ["/m/b.nxs"])
-        var o = OutputSelection(workflow: "w"); o.output = ["/m/a.nxs"]
-        XCTAssertEqual(try c.outputs(matching: o).map(\.uri), ["/m/a.v2.nxs"], "any version names the dataset; its latest is selected")
+        for named in ["/m/a.nxs", "/m/a.v2.nxs", "/m/a.v*.nxs"] {
+            var o = OutputSelection(workflow: "w"); o.output = [named]
+            XCTAssertEqual(try c.outputs(matching: o).map(\.uri), ["/m/a.v2.nxs"], "any version (\(named)) names the dataset; its latest is selected")
+        }
 
         // Failed items: failed, then succeeded later → not failed; failed last → failed.
         func task(_ run: String, _ item: String, _ state: String, at: Double) -> TaskRecord {
