@@ -14,13 +14,8 @@ public struct BackfillOptions: Sendable {
     public var listing = true
     /// Only list and register; submit nothing.
     public var listOnly = false
-    public var executor: ExecutorSpec.Kind? = nil
-    /// Slurm: follow the batch to its end instead of submitting and returning.
-    public var wait = false
-    public var jobs: Int?
-    public var pollInterval: Double?
-    public var progress = true
-    public var log: @Sendable (String) -> Void = { _ in }
+    /// Where and how the batch runs (the spec's executor unless told otherwise; Slurm: `wait` follows the batch).
+    public var launch = LaunchOptions()
     public init() {}
 }
 
@@ -120,11 +115,8 @@ public final class Backfill: Sendable {
             return entries.map(Self.item)
         }
 
-        var lo = LaunchOptions()
-        lo.executor = options.executor; lo.wait = options.wait; lo.jobs = options.jobs; lo.pollInterval = options.pollInterval
-        lo.progress = options.progress; lo.log = options.log
         // Interrupted locally: the batch's items stay pending; what finished is in the catalog and is skipped next time.
-        let launched = try driver.launch(source, lo)
+        let launched = try driver.launch(source, options.launch)
         report.run = launched.summary
         report.submission = launched.submission
         if let attached = launched.submission?.attachedTo {
@@ -153,7 +145,7 @@ public final class Backfill: Sendable {
         do { if try catalog.archiveRuns(workflow: workflow.name).isEmpty { return [:] } } catch { throw .catalog(error) }
         // Only with the workspace to ourselves may a run left `running` be called interrupted.
         if let wl = try? WorkspaceLock(workspace: workflow.workspace) {
-            try driver.collectInterruptedRuns(RunOptions.logging(options.log))
+            try driver.collectInterruptedRuns(RunOptions.logging(options.launch.log))
             withExtendedLifetime(wl) {}
         }
         return try Self.settleEnded(workflow: workflow, catalog: catalog)
@@ -184,7 +176,7 @@ public final class Backfill: Sendable {
             do { record = try catalog.run(id: id) } catch { throw .catalog(error) }
             guard let record, record.executor == "slurm", record.state == "running" else { continue }
             _ = try SlurmExecutor.forRun(workspace: workflow.workspace, runID: id)
-                .refresh(runID: id, wait: options.wait, progress: options.progress, log: options.log)
+                .refresh(runID: id, wait: options.launch.wait, progress: options.launch.progress, log: options.launch.log)
             do {
                 let s = try catalog.settle(workflow: workflow.name, runID: id, stages: itemStages, at: RunDriver.now())
                 if !s.isEmpty { out[id] = s }
@@ -202,17 +194,17 @@ public final class Backfill: Sendable {
             let entries = page.map(Self.entry)
             do throws(CatalogError) { reg.add(try catalog.register(workflow: workflow.name, entries: entries, at: RunDriver.now())) } catch { throw .catalog(error) }
             let t = RunDriver.now()
-            if options.progress && t - lastLog >= 2 {
+            if options.launch.progress && t - lastLog >= 2 {
                 lastLog = t
-                options.log("listing: \(reg.listed) item(s) so far (\(reg.new) new, \(reg.changed) changed), \(Int(Double(reg.listed) / max(t - started, 1e-3)))/s")
+                options.launch.log("listing: \(reg.listed) item(s) so far (\(reg.new) new, \(reg.changed) changed), \(Int(Double(reg.listed) / max(t - started, 1e-3)))/s")
             }
         }
         let pass = ArchivePass(startedAt: started, finishedAt: RunDriver.now(), registration: reg, problems: problemCount)
         do throws(CatalogError) { try catalog.record(pass: pass, workflow: workflow.name) } catch { throw .catalog(error) }
-        options.log("listing: \(reg.listed) item(s) in \(ProgressReporter.duration(pass.finishedAt - started)): \(reg.new) new, " +
+        options.launch.log("listing: \(reg.listed) item(s) in \(ProgressReporter.duration(pass.finishedAt - started)): \(reg.new) new, " +
                     "\(reg.changed) changed, \(reg.unchanged) unchanged" + (problemCount > 0 ? ", \(problemCount) unreadable (named below)" : ""))
-        for p in problems { options.log("input problem: \(p)") }
-        if problemCount > problems.count { options.log("… and \(problemCount - problems.count) more input problem(s)") }
+        for p in problems { options.launch.log("input problem: \(p)") }
+        if problemCount > problems.count { options.launch.log("… and \(problemCount - problems.count) more input problem(s)") }
         return (pass, problems)
     }
 

@@ -44,11 +44,7 @@ struct BackfillCommand: ParsableCommand {
             var o = BackfillOptions()
             o.maxItems = maxItems; o.maxBytes = maxBytes; o.retryFailed = retryFailed
             o.listing = !noList; o.listOnly = listOnly
-            o.executor = executor.flatMap(ExecutorSpec.Kind.init(rawValue:))
-            o.wait = wait; o.jobs = jobs; o.pollInterval = pollInterval
-            o.progress = !quiet && !json
-            let quiet = self.quiet, json = self.json
-            o.log = { line in if !quiet && !json { printError(line) } }
+            o.launch = .cli(executor: executor, wait: wait, jobs: jobs, pollInterval: pollInterval, quiet: quiet, json: json)
             let report = try Backfill(driver: driver).run(o)
             if json { try printJSON(report) } else { printReport(report) }
             if let b = report.batch, b.state == "failed" || (b.settled["failed"] ?? 0) > 0 { throw ExitCode(Exit.itemsFailed) }
@@ -80,6 +76,18 @@ struct BackfillCommand: ParsableCommand {
     static func states(_ s: [String: Int]) -> String {
         ["done", "failed", "pending", "running"].compactMap { k in s[k].map { "\($0) \(k == "pending" ? "back to pending" : k)" } }
             .joined(separator: ", ")
+    }
+}
+
+extension LaunchOptions {
+    /// The executor options `backfill` and `reprocess` share; progress and log lines on stderr unless quiet or JSON.
+    static func cli(executor: String?, wait: Bool, jobs: Int?, pollInterval: Double?, quiet: Bool, json: Bool) -> LaunchOptions {
+        var o = LaunchOptions()
+        o.executor = executor.flatMap(ExecutorSpec.Kind.init(rawValue:))
+        o.wait = wait; o.jobs = jobs; o.pollInterval = pollInterval
+        o.progress = !quiet && !json
+        o.log = { line in if !quiet && !json { printError(line) } }
+        return o
     }
 }
 

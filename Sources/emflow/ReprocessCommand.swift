@@ -44,11 +44,7 @@ struct ReprocessCommand: ParsableCommand {
             let selection = try Selection(select, workflow: driver.workflow.name, directory: currentDirectory())
             var o = ReprocessOptions()
             o.dryRun = dryRun
-            o.launch.executor = executor.flatMap(ExecutorSpec.Kind.init(rawValue:))
-            o.launch.wait = wait; o.launch.jobs = jobs
-            o.launch.progress = !quiet && !json
-            let quiet = self.quiet, json = self.json
-            o.launch.log = { line in if !quiet && !json { printError(line) } }
+            o.launch = .cli(executor: executor, wait: wait, jobs: jobs, pollInterval: nil, quiet: quiet, json: json)
             let r = try Reprocess(driver: driver).run(selection, o)
             if json { try printJSON(r) } else { printReport(r) }
             if r.state == "failed" || (r.run?.failures.isEmpty == false) { throw ExitCode(Exit.itemsFailed) }
