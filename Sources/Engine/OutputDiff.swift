@@ -26,9 +26,14 @@ public struct OutputDiff: Codable, Sendable {
     public static func compare(_ a: String, _ b: String) throws(EngineError) -> OutputDiff {
         var trees: [HDF5Tree] = []
         for p in [a, b] {
-            guard FileManager.default.fileExists(atPath: p) else { throw .input("\(p): no such file") }
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) else { throw .input("\(p): no such file") }
+            guard !isDirectory.boolValue else { throw .input("\(p) is a directory; emflow diff compares two NeXus/HDF5 files") }
+            guard FileManager.default.isReadableFile(atPath: p) else { throw .input("\(p): permission denied") }
             do { trees.append(try HDF5Tree.read(path: p)) } catch {
-                throw .input("\(p): \(error.message) — emflow diff compares two NeXus/HDF5 files")
+                // HDF5's own error stack says little more than this to a user.
+                let signature = error.message.contains("file signature")
+                throw .input("\(p): " + (signature ? "not an HDF5 file" : error.message) + " — emflow diff compares two NeXus/HDF5 files")
             }
         }
         let all = HDF5TreeDiff(trees[0], trees[1]).changes
