@@ -230,7 +230,8 @@ public struct MappingTable: Sendable {
                             version: declared, match: conditions, timezone: tz, rules: rules)
     }
 
-    static func editDistance(_ a: String, _ b: String) -> Int {
+    /// Levenshtein distance, for "did you mean" suggestions (mapping keys, selection keys).
+    public static func editDistance(_ a: String, _ b: String) -> Int {
         let a = Array(a), b = Array(b)
         if a.isEmpty || b.isEmpty { return max(a.count, b.count) }
         var prev = Array(0...b.count)

@@ -1,6 +1,7 @@
 import Foundation
 import POSIXFiles
 import Catalog
+import EMFormats
 import WorkflowSpec
 
 /// A reprocess selection as researchers write it: `key=value` terms, all of which must hold;
@@ -55,8 +56,8 @@ public struct Selection: Sendable, Equatable {
                 }
                 states += values
             default:
-                let near = Self.keys.min { Self.distance($0, key) < Self.distance($1, key) } ?? ""
-                throw .usage("unknown selection key '\(key)'" + (Self.distance(near, key) <= 3 ? " (did you mean \(near)?)" : "") +
+                let near = Self.keys.min { MappingTable.editDistance($0, key) < MappingTable.editDistance($1, key) } ?? ""
+                throw .usage("unknown selection key '\(key)'" + (MappingTable.editDistance(near, key) <= 3 ? " (did you mean \(near)?)" : "") +
                              "; keys: \(Self.keys.joined(separator: ", "))")
             }
         }
@@ -90,20 +91,6 @@ public struct Selection: Sendable, Equatable {
         if !cur.isEmpty { out.append(cur) }
         if out.isEmpty { throw .usage("the selection is empty; give terms such as proposal=P2026-001 sample=S01 (keys: \(keys.joined(separator: ", ")))") }
         return out
-    }
-
-    static func distance(_ a: String, _ b: String) -> Int {
-        let a = Array(a), b = Array(b)
-        var row = Array(0...b.count)
-        for i in 1...max(a.count, 1) where !a.isEmpty {
-            var prev = row[0]; row[0] = i
-            for j in 1...max(b.count, 1) where !b.isEmpty {
-                let cur = row[j]
-                row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
-                prev = cur
-            }
-        }
-        return row[b.count]
     }
 
     /// Whether a scanned item's layout fields pass the proposal/sample/experiment terms (for failed
