@@ -12,6 +12,19 @@
 // so a later fsync has little left to do.
 static inline int emflow_start_writeback(int fd) { return (int)syscall(SYS_sync_file_range, fd, (long)0, (long)0, 2); }
 
+// Where a chunk (by its first element's coordinates) lies in the file and how many bytes it holds;
+// -1 where HDF5 cannot say (older than 1.10.5, or the chunk is not allocated).
+static inline int emflow_chunk_location(hid_t dset, const hsize_t *coord, haddr_t *address, hsize_t *size) {
+#if H5_VERSION_GE(1, 10, 5)
+    unsigned mask = 0;
+    if (H5Dget_chunk_info_by_coord(dset, coord, &mask, address, size) < 0) return -1;
+    return *address == HADDR_UNDEF ? -1 : 0;
+#else
+    (void)dset; (void)coord; (void)address; (void)size;
+    return -1;
+#endif
+}
+
 // HDF5's property classes, types and flags are macros over globals that need H5open() first;
 // Swift can import neither, so each gets a getter.
 static inline hid_t emflow_h5p_file_create(void) { return H5P_FILE_CREATE; }

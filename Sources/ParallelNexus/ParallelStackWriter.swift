@@ -32,6 +32,8 @@ public enum ParallelStackWriter {
         /// Peak resident memory of the largest rank and of rank 0, in bytes.
         public var peakRSSMax: Int64
         public var peakRSSRoot: Int64
+        /// The frames went straight into chunks HDF5 had reserved, and the file was hashed as written.
+        public var hashedWhileWriting = false
     }
 
     /// One step of a rank: the box (rows y..<y+ny, columns x..<x+nx) of scan positions it writes.
@@ -105,9 +107,11 @@ public enum ParallelStackWriter {
 
     /// `checksum(tmp)` runs on rank 0 while the finished file is fsynced (a SHA-256 from the page cache).
     /// `late()` runs on rank 0 after the frames are written (e.g. waits for the input's checksum) and
-    /// returns fields (path under the entry → string) that every rank then writes.
+    /// returns fields (path under the entry → string) that every rank then writes. Without it, one
+    /// process writing uncompressed frames fills HDF5's reserved chunks itself and hashes the file as
+    /// it goes (`PreallocatedLayout`).
     public static func write(_ doc: NXemDocument, source: FrameSource, to path: String, communicator comm: Communicator,
-                             options: Options, late: () throws -> [String: String] = { [:] },
+                             options: Options, late: (() throws -> [String: String])? = nil,
                              checksum: @escaping (String) throws -> String,
                              progress: @escaping @Sendable (Int) -> Void = { _ in }) throws -> Outcome {
         let started = Date()
@@ -125,18 +129,25 @@ public enum ParallelStackWriter {
         var file: HDF5File?
         do {
             var createError: String?
+            var layout: PreallocatedLayout?
             if comm.isRoot {
                 do {
                     try HDF5Library.serialized { () throws in
                         let f = try HDF5File.create(path: tmp, alignment: options.alignment)
                         file = f
                         try NXemWriter.build(doc, in: f, compression: options.compression, allocateEarly: true) { _, _ in }
+                        if comm.size == 1 && options.compression == .none && late == nil {
+                            layout = PreallocatedLayout.read(doc, in: f, geometry: g)
+                        }
                         try f.close()
                         file = nil
                     }
                 } catch { createError = "\(error)" }
             }
             try agree(createError)
+            if let layout {
+                return try writePreallocated(layout, source: source, tmp: tmp, path: path, options: options, started: started, progress: progress)
+            }
             var openError: String?
             do { file = try HDF5Library.serialized { () throws(ParallelNexusError) in try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: options.alignment) } }
             catch { openError = error.message }
@@ -146,11 +157,7 @@ public enum ParallelStackWriter {
             let mine = comm.share(of: g.scanY)
             let plan = steps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: options.bufferBytes)
             let rounds = comm.max(plan.count)
-            let stepBytes = plan.map { $0.ny * $0.nx * g.frameBytes }.max() ?? 0
             var sums = [Double](repeating: 0, count: mine.count * g.scanX)
-            // HDF5 sources read through the HDF5 library, which this thread holds while writing.
-            let overlap = !(source is HDF5FrameSource)
-            let buffers = [StepBuffer(bytes: stepBytes), StepBuffer(bytes: overlap ? stepBytes : 0)]
             let e = "/" + doc.entry + "/"
             let direct = DirectChunks(geometry: g, options: options, communicator: comm, stepFrames: plan.map { $0.ny * $0.nx }.max() ?? 0)
             let writeback = comm.isRoot ? open(tmp, O_RDONLY | O_CLOEXEC) : -1
@@ -159,28 +166,14 @@ public enum ParallelStackWriter {
             try HDF5Library.serialized { () throws in
                 let ds = try f.openArray(e + doc.images[0].dataGroup + "/real", type: g.pixelType)
                 defer { try? ds.close() }
-                var pending: DispatchSemaphore? = nil
-                func start(_ i: Int) {
-                    guard i < plan.count else { return }
-                    let buf = buffers[overlap ? i % 2 : 0], step = plan[i]
-                    if !overlap { read(step, from: source, into: buf); return }
-                    let done = DispatchSemaphore(value: 0)
-                    let src = UncheckedBox(source)
-                    Thread.detachNewThread { read(step, from: src.value, into: buf); done.signal() }
-                    pending = done
-                }
-                start(0)
-                defer { pending?.wait() }
+                // HDF5 sources read through the HDF5 library, which this thread holds while writing.
+                let reader = StepReader(plan: plan, source: source, frameBytes: g.frameBytes, buffers: source is HDF5FrameSource ? 1 : 2)
+                defer { reader.finish() }
                 for i in 0..<rounds {
-                    var error: String? = nil
-                    if i < plan.count {
-                        pending?.wait(); pending = nil
-                        error = buffers[overlap ? i % 2 : 0].error
-                    }
-                    try agree(error)
+                    try agree(i < plan.count ? reader.take(i).error : nil)
                     guard i < plan.count else { try ds.writeNothing(); continue }
-                    let buf = buffers[overlap ? i % 2 : 0], s = plan[i]
-                    start(i + 1)
+                    let buf = reader.buffer(i), s = plan[i]
+                    reader.prefetch(i + 1)
                     if let direct { try direct.write(s, from: buf, to: ds) }
                     else { try ds.write(start: [s.y, s.x, 0, 0], count: [s.ny, s.nx, g.frameHeight, g.frameWidth], UnsafeRawBufferPointer(buf.frames)) }
                     for (k, v) in buf.sums.enumerated() {
@@ -205,7 +198,7 @@ public enum ParallelStackWriter {
             var lateError: String? = nil
             if comm.isRoot {
                 do {
-                    let fields = try late()
+                    let fields = try late?() ?? [:]
                     if !fields.isEmpty {
                         try HDF5Library.serialized { () throws in
                             let f = try HDF5File.openForWriting(path: tmp)
@@ -243,10 +236,7 @@ public enum ParallelStackWriter {
         try agree(finishError)
         let sha = comm.broadcast(result?.0 ?? "")
         let size = Int64(comm.max(Int(result?.1 ?? 0)))
-        if comm.isRoot, ProcessInfo.processInfo.environment["EMFLOW_PROFILE"] != nil {
-            FileHandle.standardError.write(Data(String(format: "profile %@: write %.3f s, fsync+checksum+rename %.3f s\n", path,
-                                                       tWritten.timeIntervalSince(started), Date().timeIntervalSince(tWritten)).utf8))
-        }
+        if comm.isRoot { profile(path, written: tWritten.timeIntervalSince(started), finished: Date().timeIntervalSince(tWritten)) }
         let rss = peakRSS()
         let rootRSS = Int64(comm.broadcast(String(rss))) ?? rss
         return Outcome(output: path, outputSHA256: sha, outputSize: size, bytesIn: g.totalBytes, ranks: comm.size,

@@ -73,6 +73,43 @@ final class FourDSTEMTests: XCTestCase {
         XCTAssertTrue(again.stdout.contains("convert: 0 done, 1 already done"), again.stdout)
     }
 
+    /// The usual facility run: a checksum stage first, so the input's SHA-256 is known, and one process
+    /// writing uncompressed frames fills the chunks HDF5 reserved itself and hashes the file as it
+    /// writes it. Small buffers (many steps), two frames a chunk, more scan rows (301) than one chunk of
+    /// the summary image holds (256): every frame and sum must still be right, the file valid, and the
+    /// SHA-256 in the catalog the file's own.
+    func testKnownInputChecksumOneRankHashesTheOutputWhileWriting() throws {
+        let raw = try FourDFixtures.generate(in: t.file("drop"), ["--format", "raw", "--scan", "301x4", "--frame", "64x64", "--name", "tall"])
+        t.write("tall.yaml", """
+            name: tall
+            inputs: [{path: drop, include: ["*.bin"]}]
+            outputs: {root: out-tall}
+            workspace: ws-tall
+            stages:
+              checksum: {uses: checksum, with: {manifest: false}}
+              convert:
+                uses: convert
+                needs: [checksum]
+                resources: {ranks: 1}
+                with: {to: nxem-4d, dtype: uint16, frame_shape: 64x64, scan_shape: 301x4, compression: none, chunk_frames: 2, buffer_mib: 1}
+            """)
+        let run = try emflow(["run", "--json", t.file("tall.yaml")])
+        XCTAssertEqual(run.status, 0, run.combined)
+        let notes = try ProcessRunner.shell("cat '\(t.path)'/ws-tall/runs/*/results/convert/*.jsonl").stdout
+        XCTAssertTrue(notes.contains("output hashed while written"), notes)
+        let out = try outputs("tall")
+        XCTAssertEqual(out.count, 1)
+        let checks = try FourDFixtures.check(out.map { ($0, raw) })
+        XCTAssertTrue(checks.count == 1 && checks[0].hasPrefix("ok ") && checks[0].contains("frames=1204/1204"), checks.joined(separator: "\n"))
+        XCTAssertEqual(try NexusValidator.problems(out), [:])
+        let listed = try emflow(["catalog", "ls", "--spec", t.file("tall.yaml"), "--outputs", "--json"])
+        let rows = try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]] ?? []
+        let recorded = rows.first { ($0["uri"] as? String) == out[0] }?["sha256"] as? String
+        let actual = try ProcessRunner.shell("sha256sum '\(out[0])' | cut -d' ' -f1").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(recorded, actual, listed.stdout)
+        XCTAssertEqual(try temporaries("tall"), "")
+    }
+
     /// Raw big-endian frames with per-frame header and footer, EMPAD, a TIFF stack, a detector HDF5
     /// file, and 1-, 6- and 24-bit MIB counters, each on 2 ranks.
     func testEachDetectorFormat() throws {

@@ -61,6 +61,8 @@ public struct FourDSTEMToNXem: Sendable {
         public var predecessor: String?
         /// start_time as written: the input file's modification time.
         public var startTime: String
+        /// The output was hashed while it was written (one process, uncompressed, input checksum known).
+        public var hashedWhileWriting: Bool? = nil
         public var compressionRatio: Double { outputSize > 0 ? Double(bytesIn) / Double(outputSize) : 0 }
     }
 
@@ -156,14 +158,17 @@ public struct FourDSTEMToNXem: Sendable {
         var inputSHA = known ?? ""
         let outcome: ParallelStackWriter.Outcome
         do {
-            outcome = try ParallelStackWriter.write(doc, source: src, to: target, communicator: comm, options: options.writer, late: {
-                guard known == nil, let h = inputHash else { return [:] }
+            // Fields written after the data only when the input's checksum is still being computed.
+            let late: (() throws -> [String: String])? = known != nil ? nil : {
+                guard let h = inputHash else { return [:] }
                 switch h.wait() {
                 case .success(let d): inputSHA = d.sha256
                 case .failure(let e): throw e
                 }
                 return Dictionary(uniqueKeysWithValues: Self.checksumFields.map { ($0, inputSHA) })
-            }, checksum: { try FileHasher.sha256(path: $0).sha256 }, progress: options.reportBytes)
+            }
+            outcome = try ParallelStackWriter.write(doc, source: src, to: target, communicator: comm, options: options.writer, late: late,
+                                                    checksum: { try FileHasher.sha256(path: $0).sha256 }, progress: options.reportBytes)
         } catch let e as ParallelNexusError {
             throw TIFFToNXem.Failure(e.message)
         } catch let e as POSIXFileError {
@@ -176,7 +181,7 @@ public struct FourDSTEMToNXem: Sendable {
                       compression: options.writer.compression.name, ranks: comm.size, inputSHA256: inputSHA,
                       outputSHA256: outcome.outputSHA256, outputSize: outcome.outputSize, bytesIn: outcome.bytesIn, seconds: outcome.seconds,
                       peakRSSMax: outcome.peakRSSMax, peakRSSRoot: outcome.peakRSSRoot, reused: false, warnings: warnings,
-                      version: choice.version, predecessor: choice.predecessor, startTime: startTime)
+                      version: choice.version, predecessor: choice.predecessor, startTime: startTime, hashedWhileWriting: outcome.hashedWhileWriting)
     }
 
     /// Rank 0's choice of version, with the predecessor note, as broadcast to the other ranks.

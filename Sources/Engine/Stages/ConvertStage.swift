@@ -239,7 +239,8 @@ public struct ConvertStage: Stage {
         out.bytes = r.bytesIn
         let rate = r.seconds > 0 ? " at \(formatBytes(Int64(Double(r.bytesIn) / r.seconds)))/s" : ""
         out.notes = ["\(r.format) \(r.shape.map(String.init).joined(separator: "×")) \(r.dataType) on \(r.ranks) rank(s), \(r.compression)" +
-                     (r.reused ? " (already written by this task)" : ", ratio \(String(format: "%.2f", r.compressionRatio))\(rate), peak RSS \(formatBytes(r.peakRSSMax)) per rank")] + r.warnings
+                     (r.reused ? " (already written by this task)" : ", ratio \(String(format: "%.2f", r.compressionRatio))\(rate), peak RSS \(formatBytes(r.peakRSSMax)) per rank") +
+                     (r.hashedWhileWriting == true ? ", output hashed while written" : "")] + r.warnings
         return out
     }
 

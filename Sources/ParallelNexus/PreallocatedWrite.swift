@@ -1,0 +1,213 @@
+internal import CHDF5
+import Foundation
+import POSIXFiles
+import EMFormats
+import Checksums
+import Synchronization
+
+/// The single-process, uncompressed case written the way `dd` writes: HDF5 lays the whole file out
+/// first (every chunk reserved, every field written, the file closed), then the frames go straight
+/// from the step buffers into their chunks with `pwrite`. Since every byte between the chunks is final
+/// by then, the file's SHA-256 is computed front to back from those bytes and the step buffers *while*
+/// the file is written, on the other core, instead of in a second pass over the written file (which
+/// cost as much as the write itself).
+struct PreallocatedLayout {
+    /// Byte ranges of the file that the writer fills, in file order: first the stack's chunks in
+    /// row-major chunk order (k frames each), then the summary image's chunks.
+    var extents: [(offset: Int, length: Int)]
+    var frameChunks: Int
+    var framesPerChunk: Int
+    var summaryChunkRows: Int
+
+    /// Reads where HDF5 put the arrays' chunks in `file` (still open), or nil when this file cannot be
+    /// written this way (a chunk not reserved, an unexpected size or order, an older HDF5): the caller
+    /// then writes through HDF5.
+    static func read(_ doc: NXemDocument, in file: HDF5File, geometry g: ScanGeometry) -> PreallocatedLayout? {
+        guard 1.littleEndian == 1, doc.images.count == 2 else { return nil }
+        let e = "/" + doc.entry + "/"
+        let stack = doc.images[0], summary = doc.images[1]
+        let k = stack.chunks.count == 4 ? stack.chunks[1] : 0
+        guard k > 0, g.scanX % k == 0, stack.chunks == [1, k, g.frameHeight, g.frameWidth],
+              summary.type == .float64, summary.shape == [g.scanY, g.scanX],
+              summary.chunks.count == 2, summary.chunks[1] == g.scanX else { return nil }
+        func locations(_ img: NXemDocument.Image) -> [(offset: Int, size: Int)]? {
+            guard let ds = try? file.openArray(e + img.dataGroup + "/real", type: img.type) else { return nil }
+            defer { try? ds.close() }
+            return ds.reservedChunkLocations(chunks: img.chunks)
+        }
+        guard let frames = locations(stack), let sums = locations(summary) else { return nil }
+        let chunkBytes = k * g.frameBytes, sumBytes = summary.chunks[0] * g.scanX * 8
+        guard frames.allSatisfy({ $0.size == chunkBytes }), sums.allSatisfy({ $0.size == sumBytes }) else { return nil }
+        let extents = (frames + sums).map { (offset: $0.offset, length: $0.size) }
+        // Written (and hashed) in this order, so it must be the file's order, without overlaps.
+        for (a, b) in zip(extents, extents.dropFirst()) where a.offset + a.length > b.offset { return nil }
+        return PreallocatedLayout(extents: extents, frameChunks: frames.count, framesPerChunk: k, summaryChunkRows: summary.chunks[0])
+    }
+}
+
+/// The SHA-256 of a file computed from what is being written into it, front to back: the bytes
+/// between the written ranges are read from the file (HDF5's metadata, final before the writing
+/// starts), the written ranges are hashed from the writer's memory. Runs on its own serial queue.
+final class WrittenFileHasher: @unchecked Sendable {
+    let fd: Int32, path: String
+    private let queue = DispatchQueue(label: "emflow.written-file-hash")
+    private var sha: SHA256Hasher? = SHA256Hasher()
+    private var position = 0
+    private var error: POSIXFileError?
+
+    init(fd: Int32, path: String) { self.fd = fd; self.path = path }
+
+    /// Hashes the file up to `offset`, then `bytes` (which will be at `offset`); `done` runs after,
+    /// when the caller may reuse `bytes`.
+    func append(_ bytes: UnsafeRawBufferPointer, at offset: Int, done: @escaping @Sendable () -> Void = {}) {
+        let b = UncheckedBox(bytes)
+        queue.async { [self] in
+            if error == nil {
+                do throws(POSIXFileError) { try fromFile(upTo: offset); sha!.update(b.value); position = offset + b.value.count }
+                catch { self.error = error }
+            }
+            done()
+        }
+    }
+
+    /// Hashes the rest of the file (`size` bytes in all) and returns the SHA-256.
+    func finish(size: Int) throws(POSIXFileError) -> String {
+        let result: Result<String, POSIXFileError> = queue.sync {
+            if let error { return .failure(error) }
+            do throws(POSIXFileError) { try fromFile(upTo: size) } catch { return .failure(error) }
+            return .success(sha.take()!.finalize())
+        }
+        return try result.get()
+    }
+
+    /// Waits until everything handed over so far is hashed.
+    func drain() { queue.sync {} }
+
+    private func fromFile(upTo end: Int) throws(POSIXFileError) {
+        guard position < end else { return }
+        let n = end - position
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 64)
+        defer { buffer.deallocate() }
+        try FileDescriptor.readFull(fd, path: path, into: buffer, at: Int64(position))
+        sha!.update(UnsafeRawBufferPointer(buffer))
+        position = end
+    }
+}
+
+extension ParallelStackWriter {
+    /// Fills a file that `PreallocatedLayout` describes (closed, at `tmp`), hashing it meanwhile, then
+    /// makes it durable and renames it to `path`.
+    static func writePreallocated(_ layout: PreallocatedLayout, source: FrameSource, tmp: String, path: String, options: Options,
+                                  started: Date, progress: @escaping @Sendable (Int) -> Void) throws -> Outcome {
+        let g = source.geometry
+        // Raw descriptors: the hashing queue and the writes share them until the end of this call.
+        let writable = open(tmp, O_WRONLY | O_CLOEXEC)
+        guard writable >= 0 else { throw POSIXFileError("open", path: tmp, errno: errno) }
+        defer { close(writable) }
+        let readable = open(tmp, O_RDONLY | O_CLOEXEC)
+        guard readable >= 0 else { throw POSIXFileError("open", path: tmp, errno: errno) }
+        defer { close(readable) }
+        let hasher = WrittenFileHasher(fd: readable, path: tmp)
+        let k = layout.framesPerChunk, chunkBytes = k * g.frameBytes
+
+        // Three buffers (together the two of the other path): one being read, one written, one hashed.
+        // A buffer is read into again only once its frames are hashed.
+        let plan = steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: options.bufferBytes * 2 / 3)
+        let reader = StepReader(plan: plan, source: source, frameBytes: g.frameBytes, buffers: 3)
+        // The hashing queue may still read the buffers: they live until it is done.
+        defer { withExtendedLifetime(reader) { reader.finish(); hasher.drain() } }
+        let hashed = plan.map { _ in DispatchSemaphore(value: 0) }
+        var sums = [Double](repeating: 0, count: g.scanY * g.scanX)
+        // Writes of about 128 KiB: the hashing queue reads each piece right after it is written, while
+        // it is still in the CPU's cache (64 MiB writes took twice as long here, mostly in the kernel).
+        let maxRun = max(1, (128 << 10) / chunkBytes)
+        for (i, s) in plan.enumerated() {
+            let buf = reader.take(i)
+            if let error = buf.error { throw ParallelNexusError(path: tmp, message: error) }
+            if i >= 2 { hashed[i - 2].wait() }
+            reader.prefetch(i + 1)
+            let frames = s.frames(scanX: g.scanX)
+            let first = frames.lowerBound / k, last = frames.upperBound / k
+            // Consecutive chunks that HDF5 placed back to back go out together.
+            var c = first
+            while c < last {
+                var end = c + 1
+                while end < last && end - c < maxRun && layout.extents[end].offset == layout.extents[end - 1].offset + chunkBytes { end += 1 }
+                let bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[((c - first) * chunkBytes)..<((end - first) * chunkBytes)])
+                try FileDescriptor.writeAll(writable, path: tmp, bytes, at: Int64(layout.extents[c].offset))
+                let release = hashed[i], isLast = end == last
+                hasher.append(bytes, at: layout.extents[c].offset) { if isLast { release.signal() } }
+                c = end
+            }
+            for (j, v) in buf.sums.enumerated() { sums[frames.lowerBound + j] = v }
+            progress(frames.count * g.frameBytes)
+            // Start writing back what is written so far, so the final fsync has little left.
+            _ = emflow_start_writeback(writable)
+        }
+        // The summary image, chunk by chunk (rows × scan x float64, the last chunk padded with zeros).
+        let rows = layout.summaryChunkRows
+        let chunkValues = rows * g.scanX, summaryChunks = layout.extents.count - layout.frameChunks
+        let summary = UnsafeMutableBufferPointer<Double>.allocate(capacity: summaryChunks * chunkValues)
+        defer { hasher.drain(); summary.deallocate() }
+        _ = summary.initialize(from: sums + [Double](repeating: 0, count: summary.count - sums.count))
+        for j in 0..<summaryChunks {
+            let b = UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: summary[(j * chunkValues)..<((j + 1) * chunkValues)]))
+            let at = layout.extents[layout.frameChunks + j].offset
+            try FileDescriptor.writeAll(writable, path: tmp, b, at: Int64(at))
+            hasher.append(b, at: at)
+        }
+        let size = Int(try FileStatus.of(path: tmp).size)
+        let tWritten = Date()
+        var sha = ""
+        try NXemWriter.syncAndPublish(tmp, as: path) { _ in sha = try hasher.finish(size: size) }
+        profile(path, written: tWritten.timeIntervalSince(started), finished: Date().timeIntervalSince(tWritten))
+        let rss = peakRSS()
+        return Outcome(output: path, outputSHA256: sha, outputSize: Int64(size), bytesIn: g.totalBytes, ranks: 1,
+                       seconds: Date().timeIntervalSince(started), peakRSSMax: rss, peakRSSRoot: rss, hashedWhileWriting: true)
+    }
+
+    static func profile(_ path: String, written: Double, finished: Double) {
+        guard ProcessInfo.processInfo.environment["EMFLOW_PROFILE"] != nil else { return }
+        FileHandle.standardError.write(Data(String(format: "profile %@: write %.3f s, fsync+checksum+rename %.3f s\n", path, written, finished).utf8))
+    }
+}
+
+/// Reads a plan's steps into a ring of buffers, the next one on a helper thread while the current one
+/// is written (or, with one buffer, on the caller's thread when asked for).
+final class StepReader {
+    let plan: [ParallelStackWriter.Step]
+    let source: FrameSource
+    let buffers: [ParallelStackWriter.StepBuffer]
+    private var pending: DispatchSemaphore?
+
+    /// `buffers`: 1 reads each step when it is taken, 2 or more read one step ahead.
+    init(plan: [ParallelStackWriter.Step], source: FrameSource, frameBytes: Int, buffers count: Int) {
+        let stepBytes = plan.map { $0.ny * $0.nx * frameBytes }.max() ?? 0
+        self.plan = plan; self.source = source
+        buffers = (0..<max(1, count)).map { _ in .init(bytes: stepBytes) }
+        prefetch(0)
+    }
+
+    var overlap: Bool { buffers.count > 1 }
+    func buffer(_ i: Int) -> ParallelStackWriter.StepBuffer { buffers[i % buffers.count] }
+
+    /// Starts reading step `i` (nothing past the plan's end, nothing with one buffer).
+    func prefetch(_ i: Int) {
+        guard i < plan.count, overlap else { return }
+        let buf = buffer(i), step = plan[i]
+        let done = DispatchSemaphore(value: 0)
+        let src = UncheckedBox(source)
+        Thread.detachNewThread { ParallelStackWriter.read(step, from: src.value, into: buf); done.signal() }
+        pending = done
+    }
+
+    /// Step `i`'s frames once read (check `error`).
+    func take(_ i: Int) -> ParallelStackWriter.StepBuffer {
+        finish()
+        if !overlap { ParallelStackWriter.read(plan[i], from: source, into: buffer(i)) }
+        return buffer(i)
+    }
+
+    /// Waits for a read in flight.
+    func finish() { pending?.wait(); pending = nil }
+}
