@@ -9,15 +9,28 @@ public enum ParallelThreads {
     public static func run(count: Int, width: Int, shouldStop: @escaping @Sendable () -> Bool = { false },
                            _ body: @escaping @Sendable (_ worker: Int, _ index: Int) -> Void) {
         guard count > 0 else { return }
-        let next = Atomic<Int>(0)
         let n = max(1, min(width, count))
         if n == 1 {
             // One worker: this thread (no thread start for a single small transfer).
             for i in 0..<count where !shouldStop() { body(0, i) }
             return
         }
+        start(count: count, width: n, shouldStop: shouldStop, body).wait()
+    }
+
+    /// Started work; `wait()` returns once every thread has finished.
+    public struct Running: Sendable {
+        let group: DispatchGroup
+        public func wait() { group.wait() }
+    }
+
+    /// As `run`, but returns at once: the caller goes on (e.g. consumes results in order as they come)
+    /// and must `wait()` before anything the body uses goes away.
+    public static func start(count: Int, width: Int, shouldStop: @escaping @Sendable () -> Bool = { false },
+                             _ body: @escaping @Sendable (_ worker: Int, _ index: Int) -> Void) -> Running {
+        let next = Atomic<Int>(0)
         let done = DispatchGroup()
-        for w in 0..<n {
+        for w in 0..<max(1, min(width, count)) where count > 0 {
             done.enter()
             let t = Thread {
                 while !shouldStop() {
@@ -30,6 +43,6 @@ public enum ParallelThreads {
             t.stackSize = 4 << 20
             t.start()
         }
-        done.wait()
+        return Running(group: done)
     }
 }

@@ -58,6 +58,14 @@ public enum ParallelStackWriter {
         return out
     }
 
+    /// As `steps`, but the first row goes in steps of an eighth of the budget: writing (and compressing)
+    /// starts as soon as those few frames are read instead of after a whole buffer's worth.
+    public static func rampedSteps(rows: Range<Int>, scanX: Int, frameBytes: Int, chunkFrames: Int, budget: Int) -> [Step] {
+        guard let first = rows.first else { return [] }
+        return steps(rows: first..<(first + 1), scanX: scanX, frameBytes: frameBytes, chunkFrames: chunkFrames, budget: max(1, budget / 8)) +
+            steps(rows: (first + 1)..<rows.upperBound, scanX: scanX, frameBytes: frameBytes, chunkFrames: chunkFrames, budget: budget)
+    }
+
     /// Frames of one step, read (and summed) on a helper thread while the previous step is written.
     final class StepBuffer: @unchecked Sendable {
         let frames: UnsafeMutableRawBufferPointer
@@ -155,7 +163,7 @@ public enum ParallelStackWriter {
             let f = file!
 
             let mine = comm.share(of: g.scanY)
-            let plan = steps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: options.bufferBytes)
+            let plan = rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: options.bufferBytes)
             let rounds = comm.max(plan.count)
             var sums = [Double](repeating: 0, count: mine.count * g.scanX)
             let e = "/" + doc.entry + "/"
@@ -296,12 +304,18 @@ final class DirectChunks {
         let results = UncheckedBox(UnsafeMutableBufferPointer<Int>.allocate(capacity: chunks))
         defer { results.value.deallocate() }
         let (cb, bd, elt) = (chunkBytes, bound, g.pixelType.size)
-        ParallelThreads.run(count: chunks, width: ProcessInfo.processInfo.activeProcessorCount) { _, c in
+        // Each chunk is stored as soon as it and those before it are compressed, while the other
+        // threads compress on: no core waits for the slowest chunk of the step.
+        let ready = (0..<chunks).map { _ in DispatchSemaphore(value: 0) }
+        let work = ParallelThreads.start(count: chunks, width: ProcessInfo.processInfo.activeProcessorCount) { _, c in
             let input = UnsafeRawBufferPointer(rebasing: src.value[(c * cb)..<((c + 1) * cb)])
             let o = UnsafeMutableRawBufferPointer(rebasing: dst.value[(c * bd)..<((c + 1) * bd)])
             results.value[c] = codec.compress(input, elementSize: elt, into: o) ?? -1
+            ready[c].signal()
         }
+        defer { work.wait() }
         for c in 0..<chunks {
+            ready[c].wait()
             let n = results.value[c]
             guard n > 0 else { throw ParallelNexusError(path: ds.file.path, message: "bitshuffle+LZ4 compression of chunk \(offset(c)) failed") }
             try ds.writeChunk(at: offset(c), UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(out)[(c * bd)..<(c * bd + n)]))

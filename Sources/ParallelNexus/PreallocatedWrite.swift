@@ -112,7 +112,7 @@ extension ParallelStackWriter {
 
         // Three buffers (together the two of the other path): one being read, one written, one hashed.
         // A buffer is read into again only once its frames are hashed.
-        let plan = steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: options.bufferBytes * 2 / 3)
+        let plan = rampedSteps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: options.bufferBytes * 2 / 3)
         let reader = StepReader(plan: plan, source: source, frameBytes: g.frameBytes, buffers: 3)
         // The hashing queue may still read the buffers: they live until it is done.
         defer { withExtendedLifetime(reader) { reader.finish(); hasher.drain() } }

@@ -112,5 +112,10 @@ final class ParallelPlanTests: XCTestCase {
             XCTAssertEqual(frames, Array(frames.first!...frames.last!), "contiguous, in order, no gaps")
         }
         XCTAssertEqual(ParallelStackWriter.steps(rows: 4..<4, scanX: 5, frameBytes: 10, chunkFrames: 1, budget: 100), [])
+        // Ramped: the first row in eighths of the budget, then as before.
+        let r = ParallelStackWriter.rampedSteps(rows: 0..<3, scanX: 10, frameBytes: 1000, chunkFrames: 2, budget: 16_000)
+        XCTAssertEqual(r.map { [$0.y, $0.x, $0.nx, $0.ny] }, [[0, 0, 2, 1], [0, 2, 2, 1], [0, 4, 2, 1], [0, 6, 2, 1], [0, 8, 2, 1], [1, 0, 10, 1], [2, 0, 10, 1]])
+        XCTAssertEqual(r.flatMap { $0.frames(scanX: 10) }, Array(0..<30))
+        XCTAssertEqual(ParallelStackWriter.rampedSteps(rows: 4..<4, scanX: 5, frameBytes: 10, chunkFrames: 1, budget: 100), [])
     }
 }
