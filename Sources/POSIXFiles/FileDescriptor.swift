@@ -132,15 +132,24 @@ public struct FileDescriptor: ~Copyable {
 
     /// Reserves `size` bytes on disk up front, so a large download fails at once on a full file system
     /// rather than after hours; file systems without fallocate (some network ones) just get the size.
+    /// Reserves `size` bytes for the file (it reads as zeros until written), so a large download
+    /// fails at once when the space is not there and lands in few extents. Uses Linux `fallocate`,
+    /// never glibc's `posix_fallocate`: where the file system cannot reserve (CephFS, NFS) that one
+    /// falls back to writing a byte into every 4 KiB block — millions of small writes over the network
+    /// for one large object. There, and on tmpfs (where reserving means zeroing every page that the
+    /// data then overwrites), the free space is checked and the file extended sparsely instead.
     public func preallocate(_ size: Int64) throws(POSIXFileError) {
         guard size > 0 else { return }
-        let r = posix_fallocate(rawValue, 0, off_t(size))
-        if r == 0 { return }
-        if r == EOPNOTSUPP || r == EINVAL {
-            guard ftruncate(rawValue, off_t(size)) == 0 else { throw POSIXFileError("truncate", path: path, errno: errno) }
-            return
+        if fileSystemType(rawValue) != 0x0102_1994, let fallocate = linuxFallocate {  // not tmpfs
+            if fallocate(rawValue, 0, 0, off_t(size)) == 0 { return }
+            let e = errno
+            if e != EOPNOTSUPP && e != ENOSYS && e != EINVAL { throw POSIXFileError("allocate \(size) bytes for", path: path, errno: e) }
         }
-        throw POSIXFileError("allocate \(size) bytes for", path: path, errno: r)
+        var vfs = statvfs()
+        if fstatvfs(rawValue, &vfs) == 0 && Int64(vfs.f_bavail) * Int64(vfs.f_frsize) < size {
+            throw POSIXFileError("allocate \(size) bytes for", path: path, errno: ENOSPC)
+        }
+        guard ftruncate(rawValue, off_t(size)) == 0 else { throw POSIXFileError("truncate", path: path, errno: errno) }
     }
 
     public func sync() throws(POSIXFileError) {
@@ -194,4 +203,19 @@ public struct FileStatus: Sendable, Equatable {
         if errno == ENOENT || errno == ENOTDIR { return nil }
         throw POSIXFileError("stat", path: path, errno: errno)
     }
+}
+
+/// Linux's fallocate(2), which Swift's Glibc module does not declare.
+private let linuxFallocate: (@convention(c) (Int32, Int32, off_t, off_t) -> Int32)? = {
+    guard let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fallocate") else { return nil }
+    return unsafeBitCast(f, to: (@convention(c) (Int32, Int32, off_t, off_t) -> Int32).self)
+}()
+
+/// The file system's magic number (`f_type` of fstatfs(2), the first field of struct statfs on 64-bit
+/// Linux), or 0 when unknown. Swift's Glibc module declares neither.
+private func fileSystemType(_ fd: Int32) -> Int {
+    guard MemoryLayout<Int>.size == 8, let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fstatfs") else { return 0 }
+    let fstatfs = unsafeBitCast(f, to: (@convention(c) (Int32, UnsafeMutableRawPointer) -> Int32).self)
+    var buffer = [UInt64](repeating: 0, count: 64)  // struct statfs is 120 bytes
+    return buffer.withUnsafeMutableBytes { fstatfs(fd, $0.baseAddress!) == 0 ? Int(truncatingIfNeeded: $0.load(as: UInt64.self)) : 0 }
 }

@@ -61,6 +61,35 @@ final class ChecksumsTests: XCTestCase {
         XCTAssertTrue(t.exists(AtomicFile.temporaryPrefix + "otherhost-1-x-f.txt"))
     }
 
+    /// Reserving space works on a disk file system (fallocate) and on tmpfs (sparse, after a free-space
+    /// check): the file has the size and reads as zeros; asking for more than the file system holds
+    /// fails at once with ENOSPC instead of partway through a download.
+    func testPreallocateOnDiskAndTmpfsAndTooLarge() throws {
+        let disk = TempDir(); defer { disk.cleanup() }
+        var dirs = [disk.path]
+        let shm = "/dev/shm/emflow-prealloc-\(getpid())"
+        if mkdir(shm, 0o700) == 0 { dirs.append(shm) }
+        defer { _ = try? FileManager.default.removeItem(atPath: shm) }
+        for dir in dirs {
+            let path = dir + "/reserved.bin"
+            do {
+                let fd = try FileDescriptor(path: path, mode: .createExclusive(permissions: 0o600))
+                try fd.preallocate(3 << 20)
+                XCTAssertEqual(try fd.status().size, 3 << 20, dir)
+            }
+            let bytes = try readFile(path)
+            XCTAssertEqual(bytes.count, 3 << 20, dir)
+            XCTAssertTrue(bytes.allSatisfy { $0 == 0 }, dir)
+            let fd = try FileDescriptor(path: dir + "/huge.bin", mode: .createExclusive(permissions: 0o600))
+            var vfs = statvfs()
+            XCTAssertEqual(statvfs(dir, &vfs), 0)
+            let tooMuch = Int64(vfs.f_bavail) * Int64(vfs.f_frsize) + (1 << 30)
+            XCTAssertThrowsError(try fd.preallocate(tooMuch), dir) { e in
+                XCTAssertEqual((e as? POSIXFileError)?.errno, ENOSPC, "\(dir): \(e)")
+            }
+        }
+    }
+
     func testPathNormalization() {
         XCTAssertEqual(Path.normalize("/a/./b//c/../d"), "/a/b/d")
         XCTAssertEqual(Path.normalize("/../a"), "/a")
