@@ -205,17 +205,19 @@ public struct FileStatus: Sendable, Equatable {
     }
 }
 
-/// Linux's fallocate(2), which Swift's Glibc module does not declare.
-private let linuxFallocate: (@convention(c) (Int32, Int32, off_t, off_t) -> Int32)? = {
-    guard let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fallocate") else { return nil }
-    return unsafeBitCast(f, to: (@convention(c) (Int32, Int32, off_t, off_t) -> Int32).self)
-}()
+/// A C library function that Swift's Glibc module does not declare, looked up once.
+private func libcFunction<F>(_ name: String, as type: F.Type) -> F? {
+    dlsym(UnsafeMutableRawPointer(bitPattern: 0), name).map { unsafeBitCast($0, to: type) }
+}
 
-/// The file system's magic number (`f_type` of fstatfs(2), the first field of struct statfs on 64-bit
-/// Linux), or 0 when unknown. Swift's Glibc module declares neither.
+/// Linux's fallocate(2).
+private let linuxFallocate = libcFunction("fallocate", as: (@convention(c) (Int32, Int32, off_t, off_t) -> Int32).self)
+/// fstatfs(2); only its first field (`f_type` on 64-bit Linux) is read.
+private let linuxFstatfs = MemoryLayout<Int>.size == 8 ? libcFunction("fstatfs", as: (@convention(c) (Int32, UnsafeMutableRawPointer) -> Int32).self) : nil
+
+/// The file system's magic number, or 0 when unknown.
 private func fileSystemType(_ fd: Int32) -> Int {
-    guard MemoryLayout<Int>.size == 8, let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fstatfs") else { return 0 }
-    let fstatfs = unsafeBitCast(f, to: (@convention(c) (Int32, UnsafeMutableRawPointer) -> Int32).self)
+    guard let fstatfs = linuxFstatfs else { return 0 }
     var buffer = [UInt64](repeating: 0, count: 64)  // struct statfs is 120 bytes
     return buffer.withUnsafeMutableBytes { fstatfs(fd, $0.baseAddress!) == 0 ? Int(truncatingIfNeeded: $0.load(as: UInt64.self)) : 0 }
 }
