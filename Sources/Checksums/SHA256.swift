@@ -1,4 +1,6 @@
 internal import CCrypto
+import Foundation
+import Synchronization
 import POSIXFiles
 
 /// A streaming digest over OpenSSL's EVP interface. Owns its context; not shareable between threads.
@@ -144,6 +146,48 @@ public enum FileHasher {
             throw .io(POSIXFileError("verify", path: destination, errno: 5))
         }
         return digest
+    }
+}
+
+extension FileHasher {
+    /// The file's SHA-256 and the SHA-256 of each `partSize` piece of it, for a multipart upload: the
+    /// whole digest goes into the metadata when the upload starts and each part carries its own. The
+    /// whole digest is one sequential pass; the part digests are computed meanwhile on the other cores
+    /// (re-reading pages the first pass has just cached), so this takes as long as the whole digest
+    /// alone wherever there is a second core, and the upload that follows hashes nothing.
+    public static func sha256WithParts(path: String, partSize: Int) throws(POSIXFileError) -> (whole: FileDigest, parts: [[UInt8]]) {
+        let fd = try FileDescriptor(path: path, mode: .read)
+        let size = try fd.status().size
+        let count = Int((size + Int64(partSize) - 1) / Int64(partSize))
+        let parts = Mutex<[[UInt8]]>(Array(repeating: [], count: count))
+        let failure = Mutex<POSIXFileError?>(nil)
+        let raw = fd.rawValue
+        let width = max(1, ProcessInfo.processInfo.activeProcessorCount - 1)
+        // One buffer per thread, reused: a fresh one per part would cost a page fault per 4 KiB.
+        nonisolated(unsafe) let buffers = (0..<min(width, max(count, 1))).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: partSize, alignment: 4096) }
+        defer { for b in buffers { b.deallocate() } }
+        let running = ParallelThreads.start(count: count, width: width, shouldStop: { failure.withLock { $0 != nil } }) { w, i in
+            let start = Int64(i) * Int64(partSize)
+            let length = Int(min(Int64(partSize), size - start))
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: buffers[w][0..<length])
+            do throws(POSIXFileError) { try FileDescriptor.readFull(raw, path: path, into: buffer, at: start) } catch {
+                failure.withLock { if $0 == nil { $0 = error } }
+                return
+            }
+            let digest = Digester.digest(.sha256, UnsafeRawBufferPointer(buffer))
+            parts.withLock { $0[i] = digest }
+        }
+        let whole: FileDigest
+        do { whole = try hashChunks(of: fd) { _ in } } catch {
+            failure.withLock { if $0 == nil { $0 = error } }
+            running.wait()
+            throw error
+        }
+        running.wait()
+        if let e = failure.withLock({ $0 }) { throw e }
+        // A file that grew or shrank meanwhile: the parts do not describe what the whole digest read.
+        guard whole.size == size else { throw POSIXFileError("read (the file changed size while it was hashed)", path: path, errno: EIO) }
+        return (whole, parts.withLock { $0 })
     }
 }
 

@@ -308,14 +308,26 @@ public final class S3Client: Sendable {
 
     /// Uploads one part (number from 1) and returns its ETag and SHA-256 (base64). The part's SHA-256
     /// is both signed (x-amz-content-sha256) and sent as x-amz-checksum-sha256, so the server refuses
-    /// a part that arrives damaged; one hash serves both.
-    func uploadPart(bucket: String, key: String, uploadID: String, number: Int, body: UnsafeRawBufferPointer) throws(S3Error) -> (etag: String, checksum: String) {
-        let digest = Digester.digest(.sha256, body)
+    /// a part that arrives damaged; one hash serves both. `digest`, when the caller computed it
+    /// earlier, saves hashing here; a part the server refuses is then hashed once more, to tell a
+    /// damaged transfer (retried) from a source file that changed since (not retried).
+    func uploadPart(bucket: String, key: String, uploadID: String, number: Int, body: UnsafeRawBufferPointer,
+                    digest known: [UInt8]? = nil) throws(S3Error) -> (etag: String, checksum: String) {
+        let digest = known ?? Digester.digest(.sha256, body)
         let checksum = Data(digest).base64EncodedString()
         var r = Request(operation: "UploadPart", method: "PUT", bucket: bucket, key: key,
                         query: [("partNumber", String(number)), ("uploadId", uploadID)], payloadHash: hex(digest))
         r.headers = [("x-amz-checksum-sha256", checksum)]
-        let resp = try retrying("UploadPart") { () throws(S3Error) in try sendOnce(r, body: body, sink: nil) }
+        let resp = try retrying("UploadPart") { () throws(S3Error) in
+            do throws(S3Error) { return try sendOnce(r, body: body, sink: nil) } catch {
+                if known != nil, error.code == "BadDigest" || error.code == "InvalidDigest", Digester.digest(.sha256, body) != digest {
+                    throw S3Error(operation: "UploadPart", bucket: bucket, key: key, status: error.status, code: "SourceChanged",
+                                  message: "part \(number) no longer reads as it did when the file was hashed",
+                                  hint: "the source file changed during the upload; the upload was aborted — run the same command again once the file is complete")
+                }
+                throw error
+            }
+        }
         guard let etag = resp.headers["etag"] else {
             throw S3Error(operation: "UploadPart", bucket: bucket, key: key, status: resp.status, code: nil,
                           message: "part \(number) was accepted without an ETag", hint: "the server does not support multipart uploads as S3 does")

@@ -245,12 +245,21 @@ extension S3Client {
             return TransferResult(size: size, sha256: sha, etag: etag, verifiedBy: "sha256")
         }
         // The whole-file SHA-256 goes into the metadata, which is set when the upload starts.
+        // Without a known digest the file is read once up front for it, and each part's digest is
+        // computed alongside on the other cores; with one, each part is hashed as it goes out.
         let sha: String
+        var partDigests: [[UInt8]]? = nil
         if let known { sha = known } else {
-            do { sha = try FileHasher.sha256(path: path).sha256 } catch { throw ioError(error) }
+            do {
+                let (whole, parts) = try FileHasher.sha256WithParts(path: path, partSize: part)
+                guard whole.size == size else { throw POSIXFileError("read (the file changed size while it was hashed)", path: path, errno: EIO) }
+                sha = whole.sha256
+                partDigests = parts
+            } catch { throw ioError(error) }
         }
         var meta = metadata
         meta["sha256"] = sha
+        let digests = partDigests
         let uploadID = try createMultipart(bucket: bucket, key: key, metadata: meta, contentType: contentType)
         let count = Int((size + Int64(part) - 1) / Int64(part))
         let etags = Mutex<[(etag: String, checksum: String)]>(Array(repeating: ("", ""), count: count))
@@ -268,7 +277,7 @@ extension S3Client {
                 return
             }
             do throws(S3Error) {
-                let etag = try self.uploadPart(bucket: bucket, key: key, uploadID: uploadID, number: i + 1, body: buf.filled)
+                let etag = try self.uploadPart(bucket: bucket, key: key, uploadID: uploadID, number: i + 1, body: buf.filled, digest: digests?[i])
                 etags.withLock { $0[i] = etag }
                 if let hasher { hasher.submit(i, buf) } else { pool.give(buf) }
                 progress?(length)

@@ -26,6 +26,25 @@ final class ChecksumsTests: XCTestCase {
         XCTAssertEqual(String(sys.stdout.prefix(64)), d.sha256)
     }
 
+    func testWholeAndPartDigestsInOnePassEqualSeparateHashes() throws {
+        let t = TempDir(); defer { t.cleanup() }
+        var bytes = [UInt8](repeating: 0, count: 5 * (1 << 20) + 4321)
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 131 &+ i >> 9) }
+        let p = t.write("parts.bin", bytes)
+        for partSize in [1 << 20, 3 << 20, 8 << 20] {
+            let (whole, parts) = try FileHasher.sha256WithParts(path: p, partSize: partSize)
+            XCTAssertEqual(whole.sha256, SHA256Hasher.hash(bytes))
+            XCTAssertEqual(whole.size, Int64(bytes.count))
+            let expected = stride(from: 0, to: bytes.count, by: partSize).map { start in
+                Digester.digest(.sha256, Array(bytes[start..<min(start + partSize, bytes.count)]))
+            }
+            XCTAssertEqual(parts, expected, "part size \(partSize)")
+        }
+        XCTAssertThrowsError(try FileHasher.sha256WithParts(path: t.file("missing.bin"), partSize: 1 << 20)) { e in
+            XCTAssertTrue("\(e)".contains("missing.bin"), "\(e)")
+        }
+    }
+
     func testMissingFileErrorNamesThePathAndAHint() {
         XCTAssertThrowsError(try FileHasher.sha256(path: "/nonexistent/x.tif")) { e in
             let s = "\(e)"
