@@ -43,6 +43,20 @@ public enum MPIStages {
         environment("SLURM_JOB_ID") != nil ? .srun(plugin: plugin ?? "pmix") : .mpirun
     }
 
+    /// The environment the ranks start with. `mpirun` (the local executor: every rank on this host)
+    /// gets Open MPI's shared-memory transport, unless the user or site chose a PML or BTL: by default
+    /// Open MPI 4 probes UCX and the network transports in `MPI_Init`, 0.2 s per launch on a job that
+    /// may last a second, for ranks that can only talk through memory anyway. `srun` may span nodes
+    /// and keeps the site's choice. Other MPI implementations ignore these variables.
+    static func launchEnvironment(_ launcher: Launcher, _ base: [String: String]) -> [String: String] {
+        var env = base
+        if launcher == .mpirun, base["OMPI_MCA_pml"] == nil, base["OMPI_MCA_btl"] == nil {
+            env["OMPI_MCA_pml"] = "ob1"
+            env["OMPI_MCA_btl"] = "self,vader"
+        }
+        return env
+    }
+
     /// What `emflow worker --mpi-task` reads.
     struct Envelope: Codable { var task: TaskInput; var specFile: String }
     /// What rank 0 writes back.
@@ -115,7 +129,7 @@ struct LaunchedStage: Stage {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = args
-        var env = ProcessInfo.processInfo.environment
+        var env = MPIStages.launchEnvironment(launcher, ProcessInfo.processInfo.environment)
         if getuid() == 0 { env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1" }
         p.environment = env
         guard let log = FileHandle(forWritingAtPath: logFile) ?? { FileManager.default.createFile(atPath: logFile, contents: nil); return FileHandle(forWritingAtPath: logFile) }() else {
@@ -123,6 +137,11 @@ struct LaunchedStage: Stage {
         }
         log.truncateFile(atOffset: 0)
         log.write(Data(("launch: " + args.joined(separator: " ") + "\n").utf8))
+        let chosen = ["OMPI_MCA_pml", "OMPI_MCA_btl"].filter { env[$0] != ProcessInfo.processInfo.environment[$0] }
+        if !chosen.isEmpty {
+            log.write(Data(("environment: " + chosen.map { "\($0)=\(env[$0]!)" }.joined(separator: " ")
+                + " (ranks on this host talk through shared memory; set OMPI_MCA_pml or OMPI_MCA_btl to choose otherwise)\n").utf8))
+        }
         p.standardOutput = log; p.standardError = log
         do { try p.run() } catch { throw StageError("cannot start \(args[0]) (\(error)); install OpenMPI (openmpi-bin) or load the site's MPI module") }
         p.waitUntilExit()

@@ -56,6 +56,8 @@ final class FourDSTEMTests: XCTestCase {
                     XCTAssertTrue(results.contains("on \(ranks) rank(s)"), "\(name): \(results)")
                     let launch = try ProcessRunner.shell("grep -h '^launch:' '\(t.path)'/ws-\(name)/runs/*/mpi/*.log").stdout
                     XCTAssertTrue(launch.hasPrefix("launch: mpirun -np \(ranks) "), launch)
+                    let envLine = try ProcessRunner.shell("grep -h '^environment:' '\(t.path)'/ws-\(name)/runs/*/mpi/*.log").stdout
+                    XCTAssertTrue(envLine.contains("OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader"), envLine)
                 } else { XCTAssertTrue(results.isEmpty) }
             }
         }

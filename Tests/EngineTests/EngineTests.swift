@@ -166,6 +166,18 @@ final class EngineTests: XCTestCase {
         let permanent = RunDriver.execute(task, impl: FlakyStage(failures: 1, retryable: false), retry: RetryPolicy(tries: 5, backoff: [0]), ctx: ctx)
         XCTAssertEqual(permanent.tries, 1, "bad input is not retried")
     }
+
+    func testLocalMPILaunchesUseSharedMemoryUnlessTheUserChoseATransport() {
+        let local = MPIStages.launchEnvironment(.mpirun, ["PATH": "/usr/bin"])
+        XCTAssertEqual(local["OMPI_MCA_pml"], "ob1")
+        XCTAssertEqual(local["OMPI_MCA_btl"], "self,vader")
+        XCTAssertEqual(local["PATH"], "/usr/bin")
+        // The user's or site's choice stands, whichever of the two it names.
+        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_btl": "self,tcp"]), ["OMPI_MCA_btl": "self,tcp"])
+        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_pml": "ucx"]), ["OMPI_MCA_pml": "ucx"])
+        // srun may place ranks on several nodes: nothing is chosen for it.
+        XCTAssertEqual(MPIStages.launchEnvironment(.srun(plugin: "pmix"), ["PATH": "/usr/bin"]), ["PATH": "/usr/bin"])
+    }
 }
 
 /// Fails its first `failures` calls (per instance), then succeeds.
