@@ -88,7 +88,7 @@ public enum ParallelStackWriter {
     }
 
     /// The sum of each frame's pixels (the summary image's values).
-    static func frameSums(_ b: UnsafeMutableRawBufferPointer, frames: Int, geometry g: ScanGeometry) -> [Double] {
+    public static func frameSums(_ b: UnsafeMutableRawBufferPointer, frames: Int, geometry g: ScanGeometry) -> [Double] {
         let n = g.frameHeight * g.frameWidth
         func sums<T>(_ t: T.Type, _ f: (T) -> Double) -> [Double] {
             let p = b.baseAddress!.assumingMemoryBound(to: T.self)
@@ -99,7 +99,16 @@ public enum ParallelStackWriter {
             let p = b.baseAddress!.assumingMemoryBound(to: T.self)
             return (0..<frames).map { k in var s: Int64 = 0; let q = p + k * n; for i in 0..<n { s &+= Int64(truncatingIfNeeded: q[i]) }; return Double(s) }
         }
+        func narrowSums<T: FixedWidthInteger & UnsignedInteger>(_ t: T.Type) -> [Double] {
+            // Unsigned pixels of up to 16 bits summed over at most 65 537 pixels fit 32 bits: twice the
+            // vector lanes of 64-bit sums (the reader thread sums each frame it reads).
+            let p = b.baseAddress!.assumingMemoryBound(to: T.self)
+            return (0..<frames).map { k in var s: UInt32 = 0; let q = p + k * n; for i in 0..<n { s &+= UInt32(q[i]) }; return Double(s) }
+        }
+        let narrow = n <= 65_537
         switch g.pixelType {
+        case .uint8 where narrow: return narrowSums(UInt8.self)
+        case .uint16 where narrow: return narrowSums(UInt16.self)
         case .uint8: return intSums(UInt8.self)
         case .int8: return intSums(Int8.self)
         case .uint16: return intSums(UInt16.self)

@@ -1,5 +1,6 @@
 import XCTest
 import ParallelNexus
+import EMFormats
 import TestSupport
 
 final class NXemWriterTests: XCTestCase {
@@ -117,5 +118,26 @@ final class ParallelPlanTests: XCTestCase {
         XCTAssertEqual(r.map { [$0.y, $0.x, $0.nx, $0.ny] }, [[0, 0, 2, 1], [0, 2, 2, 1], [0, 4, 2, 1], [0, 6, 2, 1], [0, 8, 2, 1], [1, 0, 10, 1], [2, 0, 10, 1]])
         XCTAssertEqual(r.flatMap { $0.frames(scanX: 10) }, Array(0..<30))
         XCTAssertEqual(ParallelStackWriter.rampedSteps(rows: 4..<4, scanX: 5, frameBytes: 10, chunkFrames: 1, budget: 100), [])
+    }
+
+    /// Frame sums are exact at the extremes: full-scale 16-bit frames of 256×256 pixels (the largest
+    /// summed in 32 bits) and of 257×256 (summed in 64 bits), and 8-bit, signed and float frames.
+    func testFrameSumsAreExactAtFullScale() {
+        func sums(_ type: PixelType, _ h: Int, _ w: Int, frames: Int, fill: (UnsafeMutableRawBufferPointer) -> Void) -> [Double] {
+            let g = ScanGeometry(scanY: 1, scanX: frames, frameHeight: h, frameWidth: w, pixelType: type)
+            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: frames * g.frameBytes, alignment: 64)
+            defer { b.deallocate() }
+            fill(b)
+            return ParallelStackWriter.frameSums(b, frames: frames, geometry: g)
+        }
+        XCTAssertEqual(sums(.uint16, 256, 256, frames: 2) { $0.initializeMemory(as: UInt8.self, repeating: 0xFF) }, [65_536 * 65_535, 65_536 * 65_535])
+        XCTAssertEqual(sums(.uint16, 257, 256, frames: 1) { $0.initializeMemory(as: UInt8.self, repeating: 0xFF) }, [257 * 256 * 65_535])
+        XCTAssertEqual(sums(.uint8, 300, 300, frames: 1) { $0.initializeMemory(as: UInt8.self, repeating: 0xFF) }, [90_000 * 255])
+        XCTAssertEqual(sums(.int16, 4, 4, frames: 2) { $0.initializeMemory(as: Int16.self, repeating: -3) }, [-48, -48])
+        XCTAssertEqual(sums(.float32, 2, 3, frames: 1) { $0.initializeMemory(as: Float.self, repeating: 0.5) }, [3])
+        // Each frame its own sum: frame k holds the value k.
+        XCTAssertEqual(sums(.uint16, 16, 16, frames: 3) { b in
+            for k in 0..<3 { UnsafeMutableRawBufferPointer(rebasing: b[(k * 512)..<((k + 1) * 512)]).initializeMemory(as: UInt16.self, repeating: UInt16(k)) }
+        }, [0, 256, 512])
     }
 }
