@@ -155,7 +155,8 @@ extension FileHasher {
     /// whole digest is one sequential pass; the part digests are computed meanwhile on the other cores
     /// (re-reading pages the first pass has just cached), so this takes as long as the whole digest
     /// alone wherever there is a second core, and the upload that follows hashes nothing.
-    public static func sha256WithParts(path: String, partSize: Int) throws(POSIXFileError) -> (whole: FileDigest, parts: [[UInt8]]) {
+    /// `onProgress` gets the bytes of the whole pass as they are hashed.
+    public static func sha256WithParts(path: String, partSize: Int, onProgress: ((Int) -> Void)? = nil) throws(POSIXFileError) -> (whole: FileDigest, parts: [[UInt8]]) {
         let fd = try FileDescriptor(path: path, mode: .read)
         let size = try fd.status().size
         let count = Int((size + Int64(partSize) - 1) / Int64(partSize))
@@ -178,7 +179,7 @@ extension FileHasher {
             parts.withLock { $0[i] = digest }
         }
         let whole: FileDigest
-        do { whole = try hashChunks(of: fd) { _ in } } catch {
+        do { whole = try hashChunks(of: fd) { chunk in onProgress?(chunk.count) } } catch {
             failure.withLock { if $0 == nil { $0 = error } }
             running.wait()
             throw error

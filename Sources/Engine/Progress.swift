@@ -9,6 +9,8 @@ public final class ProgressReporter: Sendable {
         var stage = ""
         var total = 0, done = 0, failed = 0, skipped = 0
         var bytes: Int64 = 0
+        /// Bytes read only to be hashed before a transfer can start (an upload's SHA-256 for its metadata).
+        var hashed: Int64 = 0
         var start = 0.0, lastDraw = 0.0
         var lastPercentShown = -1
     }
@@ -17,10 +19,10 @@ public final class ProgressReporter: Sendable {
     let enabled: Bool
     let out: FileHandle
 
-    public init(enabled: Bool = true, terminal: Bool? = nil) {
+    public init(enabled: Bool = true, terminal: Bool? = nil, output: FileHandle = .standardError) {
         self.enabled = enabled
         self.tty = terminal ?? isTerminal(2)
-        self.out = FileHandle.standardError
+        self.out = output
     }
 
     static func now() -> Double { Date().timeIntervalSince1970 }
@@ -31,6 +33,9 @@ public final class ProgressReporter: Sendable {
     }
 
     public func addBytes(_ n: Int) { state.withLock { $0.bytes += Int64(n) }; draw(force: false) }
+
+    /// Bytes read to be hashed before they can be sent (shown apart: they are not transferred yet).
+    public func addHashedBytes(_ n: Int) { state.withLock { $0.hashed += Int64(n) }; draw(force: false) }
 
     public func taskEnded(failed: Bool) {
         state.withLock { s in s.done += 1; if failed { s.failed += 1 } }
@@ -65,6 +70,7 @@ public final class ProgressReporter: Sendable {
             if s.failed > 0 { l += ", \(s.failed) failed" }
             if s.bytes > 0 { l += ", \(formatBytes(s.bytes)) at \(formatBytes(Int64(Double(s.bytes) / elapsed)))/s" }
             else if s.done > 0 { l += ", \(Int((Double(s.done) / elapsed).rounded())) items/s" }
+            if s.hashed > 0 { l += ", \(formatBytes(s.hashed)) hashed first" }
             if s.done > 0 && s.done < s.total {
                 let eta = elapsed / Double(s.done) * Double(s.total - s.done)
                 l += ", ETA \(Self.duration(eta))"

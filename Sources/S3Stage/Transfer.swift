@@ -225,9 +225,12 @@ extension S3Client {
     /// whose SHA-256 the server verifies; large ones as a multipart upload with parallel parts (each
     /// verified by Content-MD5), aborted on failure so no half object is ever visible. When `sha256`
     /// is given, the file is checked against it while it is read, and the upload aborted on mismatch.
+    /// `progress` gets the bytes sent; `hashing` the bytes read for the SHA-256 before a multipart
+    /// upload can start (a minute for 100 GB), so that a progress line does not look stuck.
     @discardableResult
     public func upload(file path: String, bucket: String, key: String, sha256 known: String? = nil, contentType: String? = nil,
-                       metadata: [String: String] = [:], progress: (@Sendable (Int) -> Void)? = nil) throws(S3Error) -> TransferResult {
+                       metadata: [String: String] = [:], progress: (@Sendable (Int) -> Void)? = nil,
+                       hashing: ((Int) -> Void)? = nil) throws(S3Error) -> TransferResult {
         @Sendable func ioError(_ e: Error) -> S3Error {
             S3Error(operation: "upload", bucket: bucket, key: key, status: nil, code: nil, message: "\(e)", hint: "check the source file")
         }
@@ -251,7 +254,7 @@ extension S3Client {
         var partDigests: [[UInt8]]? = nil
         if let known { sha = known } else {
             do {
-                let (whole, parts) = try FileHasher.sha256WithParts(path: path, partSize: part)
+                let (whole, parts) = try FileHasher.sha256WithParts(path: path, partSize: part, onProgress: hashing)
                 guard whole.size == size else { throw POSIXFileError("read (the file changed size while it was hashed)", path: path, errno: EIO) }
                 sha = whole.sha256
                 partDigests = parts

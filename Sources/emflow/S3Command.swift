@@ -169,7 +169,8 @@ struct S3Command: ParsableCommand {
                     do {
                         let r = download
                             ? try client.download(bucket: bucket, key: p.src, to: p.dst, known: p.known, progress: { progress.addBytes($0) })
-                            : try client.upload(file: p.src, bucket: bucket, key: p.dst, progress: { progress.addBytes($0) })
+                            : try client.upload(file: p.src, bucket: bucket, key: p.dst, progress: { progress.addBytes($0) },
+                                                 hashing: { progress.addHashedBytes($0) })
                         bytes.wrappingAdd(Int(r.size), ordering: .relaxed)
                         progress.taskEnded(failed: false)
                     } catch {

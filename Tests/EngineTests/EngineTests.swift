@@ -167,6 +167,21 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(permanent.tries, 1, "bad input is not retried")
     }
 
+    func testProgressLineShowsBytesHashedBeforeAnUploadStarts() throws {
+        let pipe = Pipe()
+        let p = ProgressReporter(enabled: true, terminal: true, output: pipe.fileHandleForWriting)
+        p.begin(stage: "upload", total: 2, skipped: 0)
+        p.addHashedBytes(3 << 30)
+        p.taskEnded(failed: false)
+        p.end()
+        try pipe.fileHandleForWriting.close()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let last = try XCTUnwrap(text.components(separatedBy: "\r").last)
+        XCTAssertTrue(last.contains("upload: 1/2 items (50%)"), last)
+        XCTAssertTrue(last.contains(formatBytes(3 << 30) + " hashed first"), last)
+        XCTAssertFalse(last.contains(" at "), "nothing sent yet, so no transfer rate: \(last)")
+    }
+
     func testLocalMPILaunchesUseSharedMemoryUnlessTheUserChoseATransport() {
         let local = MPIStages.launchEnvironment(.mpirun, ["PATH": "/usr/bin"])
         XCTAssertEqual(local["OMPI_MCA_pml"], "ob1")
