@@ -155,10 +155,12 @@ extension FileHasher {
     /// whole digest is one sequential pass; the part digests are computed meanwhile on the other cores
     /// (re-reading pages the first pass has just cached), so this takes as long as the whole digest
     /// alone wherever there is a second core, and the upload that follows hashes nothing.
-    /// `onProgress` gets the bytes of the whole pass as they are hashed.
-    public static func sha256WithParts(path: String, partSize: Int, onProgress: ((Int) -> Void)? = nil) throws(POSIXFileError) -> (whole: FileDigest, parts: [[UInt8]]) {
+    /// `size` is the size the caller saw (read from the file when nil): the parts are cut from it, and
+    /// a file that reads as another size fails. `onProgress` gets the bytes of the whole pass.
+    public static func sha256WithParts(path: String, size expected: Int64? = nil, partSize: Int,
+                                       onProgress: ((Int) -> Void)? = nil) throws(POSIXFileError) -> (whole: FileDigest, parts: [[UInt8]]) {
         let fd = try FileDescriptor(path: path, mode: .read)
-        let size = try fd.status().size
+        let size = if let expected { expected } else { try fd.status().size }
         let count = Int((size + Int64(partSize) - 1) / Int64(partSize))
         let parts = Mutex<[[UInt8]]>(Array(repeating: [], count: count))
         let failure = Mutex<POSIXFileError?>(nil)
@@ -194,7 +196,7 @@ extension FileHasher {
         }
         running.wait()
         if let e = failure.withLock({ $0 }) { throw e }
-        // A file that grew or shrank meanwhile: the parts do not describe what the whole digest read.
+        // A file that grew or shrank since: the parts do not describe what the whole digest read.
         guard whole.size == size else { throw POSIXFileError("read (the file changed size while it was hashed)", path: path, errno: EIO) }
         return (whole, parts.withLock { $0 })
     }

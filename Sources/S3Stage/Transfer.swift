@@ -250,19 +250,16 @@ extension S3Client {
         // The whole-file SHA-256 goes into the metadata, which is set when the upload starts.
         // Without a known digest the file is read once up front for it, and each part's digest is
         // computed alongside on the other cores; with one, each part is hashed as it goes out.
-        let sha: String
-        var partDigests: [[UInt8]]? = nil
-        if let known { sha = known } else {
+        let sha: String, digests: [[UInt8]]?
+        if let known { sha = known; digests = nil } else {
             do {
-                let (whole, parts) = try FileHasher.sha256WithParts(path: path, partSize: part, onProgress: hashing)
-                guard whole.size == size else { throw POSIXFileError("read (the file changed size while it was hashed)", path: path, errno: EIO) }
+                let (whole, parts) = try FileHasher.sha256WithParts(path: path, size: size, partSize: part, onProgress: hashing)
                 sha = whole.sha256
-                partDigests = parts
+                digests = parts
             } catch { throw ioError(error) }
         }
         var meta = metadata
         meta["sha256"] = sha
-        let digests = partDigests
         let uploadID = try createMultipart(bucket: bucket, key: key, metadata: meta, contentType: contentType)
         let count = Int((size + Int64(part) - 1) / Int64(part))
         let etags = Mutex<[(etag: String, checksum: String)]>(Array(repeating: ("", ""), count: count))
