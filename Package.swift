@@ -20,13 +20,15 @@ let cModules: [Target] = [
 
 // MARK: - Libraries
 let libraries: [Target] = [
+    // Bitshuffle's bit transposition with AVX2, in C for its vector intrinsics (no library to link).
+    .target(name: "CBitshuffle", path: "Sources/CBitshuffle"),
     .target(name: "POSIXFiles", exclude: ["README.md"]),
     .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "WorkflowSpec", dependencies: [.product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "Catalog", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], exclude: ["README.md"]),
     .target(name: "EMFormats", dependencies: ["CTIFF", "POSIXFiles", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "S3Stage", dependencies: ["CCurl", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
-    .target(name: "ParallelNexus", dependencies: ["CHDF5", "POSIXFiles", "EMFormats", "Checksums"], exclude: ["README.md"]),
+    .target(name: "ParallelNexus", dependencies: ["CHDF5", "CBitshuffle", "POSIXFiles", "EMFormats", "Checksums"], exclude: ["README.md"]),
     .target(name: "SlurmAdapter", dependencies: [], exclude: ["README.md"]),
     .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage", "SlurmAdapter"], exclude: ["README.md"]),
 ]

@@ -1,29 +1,46 @@
 internal import CHDF5
+internal import CBitshuffle
 import Foundation
 
 /// Bitshuffle+LZ4 chunks made in this process, on several threads, in exactly the format of the
 /// HDF5 filter 32008 (so any reader with the filter decodes them): a 12-byte header (uncompressed
 /// bytes as big-endian uint64, block size in bytes as big-endian uint32), then bitshuffle's LZ4
-/// blocks. The functions come from the filter plugin itself (Debian's `bitshuffle`, libh5bshuf.so).
-/// Used by a single-process writer, which then stores the chunks with direct chunk writes.
+/// blocks. The block size and bound come from the filter plugin itself (Debian's `bitshuffle`,
+/// libh5bshuf.so). The blocks are made here with AVX2 and the plugin's liblz4 where the CPU has
+/// AVX2 (Debian's plugin is built for SSE2 only: its bit transposition took as long as LZ4), else by
+/// the plugin; both give the same bytes. Used by a single-process writer, which then stores the
+/// chunks with direct chunk writes.
 final class BitshuffleLZ4: @unchecked Sendable {
     typealias Compress = @convention(c) (UnsafeRawPointer?, UnsafeMutableRawPointer?, Int, Int, Int) -> Int64
     typealias Bound = @convention(c) (Int, Int, Int) -> Int
     typealias DefaultBlock = @convention(c) (Int) -> Int
+    typealias StateSize = @convention(c) () -> Int32
     let compressFn: Compress
     let boundFn: Bound
     let defaultBlock: DefaultBlock
+    /// LZ4_compress_fast_extState and its state's size, when the vector path is used.
+    let lz4: (compress: emflow_lz4_ext_state_fn, stateBytes: Int)?
 
-    init?(library: UnsafeMutableRawPointer) {
+    init?(library: UnsafeMutableRawPointer, vectorized: Bool = true) {
         guard let c = dlsym(library, "bshuf_compress_lz4"), let b = dlsym(library, "bshuf_compress_lz4_bound"),
               let d = dlsym(library, "bshuf_default_block_size") else { return nil }
         compressFn = unsafeBitCast(c, to: Compress.self)
         boundFn = unsafeBitCast(b, to: Bound.self)
         defaultBlock = unsafeBitCast(d, to: DefaultBlock.self)
+        // The plugin's own liblz4 (already loaded with it), so both paths compress alike.
+        if vectorized, emflow_bshuf_fast_available() != 0, let l = dlopen("liblz4.so.1", RTLD_NOW | RTLD_LOCAL),
+           let f = dlsym(l, "LZ4_compress_fast_extState"), let n = dlsym(l, "LZ4_sizeofState") {
+            lz4 = (unsafeBitCast(f, to: emflow_lz4_ext_state_fn.self), Int(unsafeBitCast(n, to: StateSize.self)()))
+        } else {
+            lz4 = nil
+        }
     }
 
     /// The plugin, looked up where HDF5 looks for plugins; nil when it is not installed.
-    static let shared: BitshuffleLZ4? = {
+    static let shared: BitshuffleLZ4? = plugin.flatMap { BitshuffleLZ4(library: $0) }
+
+    /// The plugin library, opened from where HDF5 looks for plugins (a handle, never written after).
+    nonisolated(unsafe) static let plugin: UnsafeMutableRawPointer? = {
         var dirs: [String] = []
         HDF5Library.serialized {
             var n: UInt32 = 0
@@ -35,7 +52,7 @@ final class BitshuffleLZ4: @unchecked Sendable {
         }
         dirs += ["/usr/lib/x86_64-linux-gnu/hdf5/openmpi/plugins", "/usr/lib/aarch64-linux-gnu/hdf5/openmpi/plugins"]
         for d in dirs.flatMap({ $0.split(separator: ":").map(String.init) }) {
-            if let h = dlopen(d + "/libh5bshuf.so", RTLD_NOW | RTLD_LOCAL), let lib = BitshuffleLZ4(library: h) { return lib }
+            if let h = dlopen(d + "/libh5bshuf.so", RTLD_NOW | RTLD_LOCAL) { return h }
         }
         return nil
     }()
@@ -49,7 +66,21 @@ final class BitshuffleLZ4: @unchecked Sendable {
         var blockBytes = UInt32(block * elementSize).bigEndian
         withUnsafeBytes(of: &total) { out.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 8) }
         withUnsafeBytes(of: &blockBytes) { (out.baseAddress! + 8).copyMemory(from: $0.baseAddress!, byteCount: 4) }
-        let n = compressFn(input.baseAddress, out.baseAddress! + 12, input.count / elementSize, elementSize, block)
+        let n: Int64
+        if let lz4 {
+            let state = UnsafeMutableRawPointer.allocate(byteCount: lz4.stateBytes, alignment: 64)
+            defer { state.deallocate() }
+            n = emflow_bshuf_compress_lz4(input.baseAddress, out.baseAddress! + 12, out.count - 12, input.count / elementSize,
+                                          elementSize, block, lz4.compress, state)
+        } else {
+            n = compressFn(input.baseAddress, out.baseAddress! + 12, input.count / elementSize, elementSize, block)
+        }
         return n < 0 ? nil : Int(n) + 12
     }
+}
+
+/// The bit transposition alone (for tests): `count` (a multiple of 8) elements from `input` to `output`.
+func emflowBitshuffleTranspose(_ input: UnsafeRawBufferPointer, _ output: UnsafeMutableRawBufferPointer, _ scratch: UnsafeMutableRawBufferPointer,
+                               count: Int, elementSize: Int) {
+    emflow_bshuf_trans_bit_elem(input.baseAddress, output.baseAddress, scratch.baseAddress, count, elementSize)
 }
