@@ -21,7 +21,63 @@ static void group_of_eight(const uint8_t *in, uint8_t *out, size_t g, size_t row
 
 #if defined(__x86_64__)
 
-int emflow_bshuf_fast_available(void) { return __builtin_cpu_supports("avx2") ? 1 : 0; }
+int emflow_bshuf_best_level(void) {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi") &&
+        __builtin_cpu_supports("gfni")) return 2;
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+}
+
+// 64 elements a step: a byte permutation gathers byte j of each 8 elements into a qword (last
+// element first), GF2P8AFFINEQB with one bit per selector byte transposes each qword's 8×8 bits
+// (byte k of the result: bit k of the 8 elements), and a second permutation makes each plane's 8
+// bytes one qword, stored to its row.
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni")))
+static inline void planes_of_64(__m512i bytes, uint8_t *rows, size_t row_bytes, size_t at) {
+    const __m512i select = _mm512_set1_epi64((long long)0x8040201008040201ULL);
+    const __m512i by_plane = _mm512_set_epi8(63, 55, 47, 39, 31, 23, 15, 7, 62, 54, 46, 38, 30, 22, 14, 6,
+                                             61, 53, 45, 37, 29, 21, 13, 5, 60, 52, 44, 36, 28, 20, 12, 4,
+                                             59, 51, 43, 35, 27, 19, 11, 3, 58, 50, 42, 34, 26, 18, 10, 2,
+                                             57, 49, 41, 33, 25, 17, 9, 1, 56, 48, 40, 32, 24, 16, 8, 0);
+    const __m512i t = _mm512_permutexvar_epi8(by_plane, _mm512_gf2p8affine_epi64_epi8(select, bytes, 0));
+    // Rows 2·lane and 2·lane + 1 from each 128-bit lane (the lane number must be a constant).
+#define EMFLOW_STORE_LANE(lane) do { \
+        const __m128i two = _mm512_extracti32x4_epi32(t, lane); \
+        _mm_storel_epi64((__m128i *)(rows + (size_t)(2 * (lane)) * row_bytes + at), two); \
+        _mm_storeh_pi((__m64 *)(rows + (size_t)(2 * (lane) + 1) * row_bytes + at), _mm_castsi128_ps(two)); \
+    } while (0)
+    EMFLOW_STORE_LANE(0); EMFLOW_STORE_LANE(1); EMFLOW_STORE_LANE(2); EMFLOW_STORE_LANE(3);
+#undef EMFLOW_STORE_LANE
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni")))
+static size_t trans_avx512(const uint8_t *in, uint8_t *out, uint8_t *scratch, size_t count, size_t elem_size) {
+    const size_t row_bytes = count / 8, steps = count / 64;
+    // Index p of a permutation's result takes element 8 * (p / 8) + 7 - p % 8 of the step.
+    uint8_t reversed[64], low[64], high[64];
+    for (int p = 0; p < 64; p++) {
+        const int e = 8 * (p / 8) + 7 - p % 8;
+        reversed[p] = (uint8_t)e; low[p] = (uint8_t)(2 * e); high[p] = (uint8_t)(2 * e + 1);
+    }
+    const __m512i rev = _mm512_loadu_si512(reversed), lo = _mm512_loadu_si512(low), hi = _mm512_loadu_si512(high);
+    if (elem_size == 2) {
+        for (size_t g = 0; g < steps; g++) {
+            const __m512i a = _mm512_loadu_si512(in + 128 * g), b = _mm512_loadu_si512(in + 128 * g + 64);
+            planes_of_64(_mm512_permutex2var_epi8(a, lo, b), out, row_bytes, 8 * g);
+            planes_of_64(_mm512_permutex2var_epi8(a, hi, b), out + 8 * row_bytes, row_bytes, 8 * g);
+        }
+    } else {
+        const uint8_t *planes = in;
+        if (elem_size != 1) {
+            for (size_t i = 0; i < count; i++)
+                for (size_t j = 0; j < elem_size; j++) scratch[j * count + i] = in[i * elem_size + j];
+            planes = scratch;
+        }
+        for (size_t j = 0; j < elem_size; j++)
+            for (size_t g = 0; g < steps; g++)
+                planes_of_64(_mm512_permutexvar_epi8(rev, _mm512_loadu_si512(planes + j * count + 64 * g)), out + j * 8 * row_bytes, row_bytes, 8 * g);
+    }
+    return steps * 8;
+}
 
 // Byte j of 32 consecutive elements in `v` → 4 bytes of each of the plane group's 8 rows at `at`:
 // movemask collects each byte's top bit, and adding the vector to itself moves the next bit up.
@@ -35,7 +91,7 @@ static inline void eight_planes(__m256i v, uint8_t *rows, size_t row_bytes, size
 }
 
 __attribute__((target("avx2")))
-static void trans_avx2(const uint8_t *in, uint8_t *out, uint8_t *scratch, size_t count, size_t elem_size) {
+static size_t trans_avx2(const uint8_t *in, uint8_t *out, uint8_t *scratch, size_t count, size_t elem_size) {
     const size_t row_bytes = count / 8, groups = count / 32;
     if (elem_size == 1) {
         for (size_t g = 0; g < groups; g++)
@@ -60,25 +116,28 @@ static void trans_avx2(const uint8_t *in, uint8_t *out, uint8_t *scratch, size_t
             for (size_t g = 0; g < groups; g++)
                 eight_planes(_mm256_loadu_si256((const __m256i *)(scratch + j * count + 32 * g)), out + j * 8 * row_bytes, row_bytes, 4 * g);
     }
-    for (size_t g = groups * 4; g < row_bytes; g++) group_of_eight(in, out, g, row_bytes, elem_size);
+    return groups * 4;
 }
 
 #else
 
-int emflow_bshuf_fast_available(void) { return 0; }
+int emflow_bshuf_best_level(void) { return 0; }
 
 #endif
 
-void emflow_bshuf_trans_bit_elem(const void *in, void *out, void *scratch, size_t count, size_t elem_size) {
+void emflow_bshuf_trans_bit_elem(const void *in, void *out, void *scratch, size_t count, size_t elem_size, int level) {
+    size_t done = 0;  // groups of 8 elements
 #if defined(__x86_64__)
-    if (emflow_bshuf_fast_available()) { trans_avx2(in, out, scratch, count, elem_size); return; }
+    if (level >= 2) done = trans_avx512(in, out, scratch, count, elem_size);
+    else if (level == 1) done = trans_avx2(in, out, scratch, count, elem_size);
+#else
+    (void)scratch; (void)level;
 #endif
-    (void)scratch;
-    for (size_t g = 0; g < count / 8; g++) group_of_eight(in, out, g, count / 8, elem_size);
+    for (size_t g = done; g < count / 8; g++) group_of_eight(in, out, g, count / 8, elem_size);
 }
 
 int64_t emflow_bshuf_compress_lz4(const void *in, void *out, size_t capacity, size_t count, size_t elem_size,
-                                  size_t block_size, emflow_lz4_ext_state_fn lz4, void *lz4_state) {
+                                  size_t block_size, emflow_lz4_ext_state_fn lz4, void *lz4_state, int level) {
     if (block_size == 0 || block_size % 8 != 0 || elem_size == 0) return -1;
     const size_t largest = (block_size < count ? block_size : count) * elem_size;
     uint8_t *shuffled = malloc(2 * largest + 1);
@@ -93,7 +152,7 @@ int64_t emflow_bshuf_compress_lz4(const void *in, void *out, size_t capacity, si
         const size_t bytes = n * elem_size;
         const size_t bound = bytes + bytes / 255 + 16;  // LZ4_compressBound
         if (bytes > 0x7E000000 || (size_t)(end - dst) < 4 + bound) { free(shuffled); return -2; }
-        emflow_bshuf_trans_bit_elem(src + done * elem_size, shuffled, shuffled + largest, n, elem_size);
+        emflow_bshuf_trans_bit_elem(src + done * elem_size, shuffled, shuffled + largest, n, elem_size, level);
         const int c = lz4(lz4_state, (const char *)shuffled, (char *)dst + 4, (int)bytes, (int)bound, 1);
         if (c <= 0) { free(shuffled); return -1; }
         dst[0] = (uint8_t)(c >> 24); dst[1] = (uint8_t)(c >> 16); dst[2] = (uint8_t)(c >> 8); dst[3] = (uint8_t)c;

@@ -20,15 +20,19 @@ final class BitshuffleLZ4: @unchecked Sendable {
     let defaultBlock: DefaultBlock
     /// LZ4_compress_fast_extState and its state's size, when the vector path is used.
     let lz4: (compress: emflow_lz4_ext_state_fn, stateBytes: Int)?
+    /// The vector code used: 2 = AVX-512 with GFNI, 1 = AVX2 (see emflow_bitshuffle.h).
+    let level: Int32
 
-    init?(library: UnsafeMutableRawPointer, vectorized: Bool = true) {
+    /// `level`: the vector code to use, at most (nil: the best this CPU runs; 0: the plugin's own).
+    init?(library: UnsafeMutableRawPointer, level: Int32? = nil) {
         guard let c = dlsym(library, "bshuf_compress_lz4"), let b = dlsym(library, "bshuf_compress_lz4_bound"),
               let d = dlsym(library, "bshuf_default_block_size") else { return nil }
         compressFn = unsafeBitCast(c, to: Compress.self)
         boundFn = unsafeBitCast(b, to: Bound.self)
         defaultBlock = unsafeBitCast(d, to: DefaultBlock.self)
         // The plugin's own liblz4 (already loaded with it), so both paths compress alike.
-        if vectorized, emflow_bshuf_fast_available() != 0, let l = dlopen("liblz4.so.1", RTLD_NOW | RTLD_LOCAL),
+        self.level = min(level ?? Int32.max, emflow_bshuf_best_level())
+        if self.level > 0, let l = dlopen("liblz4.so.1", RTLD_NOW | RTLD_LOCAL),
            let f = dlsym(l, "LZ4_compress_fast_extState"), let n = dlsym(l, "LZ4_sizeofState") {
             lz4 = (unsafeBitCast(f, to: emflow_lz4_ext_state_fn.self), Int(unsafeBitCast(n, to: StateSize.self)()))
         } else {
@@ -71,7 +75,7 @@ final class BitshuffleLZ4: @unchecked Sendable {
             let state = UnsafeMutableRawPointer.allocate(byteCount: lz4.stateBytes, alignment: 64)
             defer { state.deallocate() }
             n = emflow_bshuf_compress_lz4(input.baseAddress, out.baseAddress! + 12, out.count - 12, input.count / elementSize,
-                                          elementSize, block, lz4.compress, state)
+                                          elementSize, block, lz4.compress, state, level)
         } else {
             n = compressFn(input.baseAddress, out.baseAddress! + 12, input.count / elementSize, elementSize, block)
         }
@@ -79,8 +83,12 @@ final class BitshuffleLZ4: @unchecked Sendable {
     }
 }
 
-/// The bit transposition alone (for tests): `count` (a multiple of 8) elements from `input` to `output`.
+/// The bit transposition alone (for tests): `count` (a multiple of 8) elements from `input` to `output`
+/// with the vector code of `level` (0 = bit by bit).
 func emflowBitshuffleTranspose(_ input: UnsafeRawBufferPointer, _ output: UnsafeMutableRawBufferPointer, _ scratch: UnsafeMutableRawBufferPointer,
-                               count: Int, elementSize: Int) {
-    emflow_bshuf_trans_bit_elem(input.baseAddress, output.baseAddress, scratch.baseAddress, count, elementSize)
+                               count: Int, elementSize: Int, level: Int32) {
+    emflow_bshuf_trans_bit_elem(input.baseAddress, output.baseAddress, scratch.baseAddress, count, elementSize, min(level, emflow_bshuf_best_level()))
 }
+
+/// The best vector level this CPU runs (for tests).
+var emflowBitshuffleBestLevel: Int32 { emflow_bshuf_best_level() }
