@@ -172,7 +172,10 @@ public enum ParallelStackWriter {
             let f = file!
 
             let mine = comm.share(of: g.scanY)
-            let plan = rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: options.bufferBytes)
+            // One process compressing bitshuffle+LZ4 itself works in steps small enough that the frames
+            // are still in the cache when compressed (from memory, the bit transposition cost 3× more).
+            let budget = !comm.usesMPI && options.compression == .bitshuffleLZ4 ? min(options.bufferBytes, 4 << 20) : options.bufferBytes
+            let plan = rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget)
             let rounds = comm.max(plan.count)
             var sums = [Double](repeating: 0, count: mine.count * g.scanX)
             let e = "/" + doc.entry + "/"
