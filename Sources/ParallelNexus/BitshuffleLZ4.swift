@@ -92,3 +92,27 @@ func emflowBitshuffleTranspose(_ input: UnsafeRawBufferPointer, _ output: Unsafe
 
 /// The best vector level this CPU runs (for tests).
 var emflowBitshuffleBestLevel: Int32 { emflow_bshuf_best_level() }
+
+extension BitshuffleLZ4 {
+    /// Puts the vector compressor in the plugin's place as HDF5's filter 32008, so chunks that HDF5
+    /// filters itself (parallel writes: one thread per rank; TIFF conversions) are compressed by it
+    /// too. Reading, and anything but bitshuffle+LZ4, still goes to the plugin's own function. Only
+    /// where HDF5 found the plugin itself (HDF5_PLUGIN_PATH is respected) and the CPU has the vector
+    /// code. Once per process; call inside `HDF5Library.serialized`, before the filter is used.
+    static let replacesHDF5Filter: Bool = {
+        typealias PluginInfo = @convention(c) () -> UnsafeRawPointer?
+        guard H5Zfilter_avail(H5Z_filter_t(Compression.bitshuffleFilterID)) > 0, let codec = shared, let lz4 = codec.lz4,
+              let plugin, let info = dlsym(plugin, "H5PLget_plugin_info"), let own = dlsym(plugin, "bshuf_h5_filter"),
+              let cls = unsafeBitCast(info, to: PluginInfo.self)()?.assumingMemoryBound(to: H5Z_class2_t.self),
+              Int(cls.pointee.id) == Compression.bitshuffleFilterID else { return false }
+        emflow_bshuf_h5_setup(unsafeBitCast(own, to: emflow_h5z_filter_fn.self), unsafeBitCast(codec.boundFn, to: emflow_bshuf_bound_fn.self),
+                              unsafeBitCast(codec.defaultBlock, to: emflow_bshuf_block_fn.self), lz4.compress, lz4.stateBytes, codec.level)
+        // The plugin's class (its name goes into each file's filter pipeline), with this filter function.
+        var mine = cls.pointee
+        mine.filter = emflow_bshuf_h5_filter
+        return H5Zregister(&mine) >= 0
+    }()
+
+    /// Chunks compressed through `replacesHDF5Filter` in this process (for tests).
+    static var chunksCompressedForHDF5: UInt64 { emflow_bshuf_h5_compressed_chunks() }
+}

@@ -363,6 +363,7 @@ public final class HDF5File {
             guard H5Zfilter_avail(H5Z_filter_t(Compression.bitshuffleFilterID)) > 0 else {
                 throw ParallelNexusError(path: path, message: "the bitshuffle+LZ4 HDF5 filter (id 32008) is not installed; install Debian's 'bitshuffle' package or set HDF5_PLUGIN_PATH, or use compression: deflate")
             }
+            _ = BitshuffleLZ4.replacesHDF5Filter
             // The user's cd_values are (block size, compression): 0 = automatic block, 2 = LZ4. The filter
             // puts its version and the element size in front of them itself (stored: 0, 3, elt, 0, 2).
             var cd: [UInt32] = [0, 2]

@@ -166,7 +166,13 @@ public enum ParallelStackWriter {
                 return try writePreallocated(layout, source: source, tmp: tmp, path: path, options: options, started: started, progress: progress)
             }
             var openError: String?
-            do { file = try HDF5Library.serialized { () throws(ParallelNexusError) in try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: options.alignment) } }
+            do {
+                file = try HDF5Library.serialized { () throws(ParallelNexusError) in
+                    // Every rank compresses its own chunks through HDF5's filter: the faster one where it can.
+                    if options.compression == .bitshuffleLZ4 { _ = BitshuffleLZ4.replacesHDF5Filter }
+                    return try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: options.alignment)
+                }
+            }
             catch { openError = error.message }
             try agree(openError)
             let f = file!

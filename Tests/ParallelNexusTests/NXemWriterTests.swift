@@ -1,5 +1,5 @@
 import XCTest
-import ParallelNexus
+@testable import ParallelNexus
 import EMFormats
 import TestSupport
 
@@ -81,6 +81,38 @@ final class NXemWriterTests: XCTestCase {
         try NXemWriter.write(minimalDocument(), to: dir.file("b.nxs"), compression: .bitshuffleLZ4) { _, ds in
             try pixels.withUnsafeBytes { try ds.write(start: [0, 0], count: [8, 16], $0) }
         }
+        XCTAssertEqual(try NexusValidator.problems([dir.file("b.nxs")]), [:])
+    }
+
+    /// Chunks that HDF5 filters itself (parallel writes, TIFF conversions) go through the vector
+    /// compressor registered in the plugin's place: the stored chunk is the plugin's bytes, h5py with
+    /// hdf5plugin reads the pixels back, and the validator accepts the file.
+    func testHDF5FilterPathStoresThePluginsBytes() throws {
+        try XCTSkipIf(emflowBitshuffleBestLevel == 0, "this CPU has no AVX2: HDF5 uses the plugin's own filter")
+        let dir = TempDir("bshuf"); defer { dir.cleanup() }
+        let (rows, cols) = (24, 40)
+        let pixels = (0..<(rows * cols)).map { UInt16(truncatingIfNeeded: ($0 * 2_654_435_761) >> 7) & 0x0FFF }
+        let before = BitshuffleLZ4.chunksCompressedForHDF5
+        let doc = minimalDocument(rows: rows, cols: cols)
+        try NXemWriter.write(doc, to: dir.file("b.nxs"), compression: .bitshuffleLZ4) { _, ds in
+            try pixels.withUnsafeBytes { try ds.write(start: [0, 0], count: [rows, cols], $0) }
+        }
+        XCTAssertTrue(BitshuffleLZ4.replacesHDF5Filter)
+        XCTAssertGreaterThan(BitshuffleLZ4.chunksCompressedForHDF5, before, "the chunk went through emflow's filter")
+
+        let plugin = try XCTUnwrap(BitshuffleLZ4(library: try XCTUnwrap(BitshuffleLZ4.plugin), level: 0))
+        var want = [UInt8](repeating: 0, count: plugin.bound(elements: pixels.count, elementSize: 2))
+        let n = try XCTUnwrap(pixels.withUnsafeBytes { i in want.withUnsafeMutableBytes { plugin.compress(i, elementSize: 2, into: $0) } })
+        let out = try NexusValidator.runPython("""
+        import sys, h5py, hdf5plugin, numpy as np
+        with h5py.File(sys.argv[1], "r") as f:
+            d = f["/entry1/measurement/event1/image1/image_2d/real"]
+            print(d.id.read_direct_chunk((0, 0))[1].hex())
+            print(",".join(str(int(v)) for v in d[...].ravel()))
+        """, [dir.file("b.nxs")])
+        let lines = out.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.first, want[0..<n].map { String(format: "%02x", $0) }.joined(), "stored chunk = the plugin's bytes")
+        XCTAssertEqual(lines.dropFirst().first, pixels.map(String.init).joined(separator: ","))
         XCTAssertEqual(try NexusValidator.problems([dir.file("b.nxs")]), [:])
     }
 }

@@ -27,4 +27,24 @@ void emflow_bshuf_trans_bit_elem(const void *in, void *out, void *scratch, size_
 int64_t emflow_bshuf_compress_lz4(const void *in, void *out, size_t capacity, size_t count, size_t elem_size,
                                   size_t block_size, emflow_lz4_ext_state_fn lz4, void *lz4_state, int level);
 
+// HDF5's filter function (H5Z_func_t) in plain C types, and the plugin's sizing functions.
+typedef size_t (*emflow_h5z_filter_fn)(unsigned int flags, size_t cd_nelmts, const unsigned int cd_values[], size_t nbytes,
+                                       size_t *buf_size, void **buf);
+typedef size_t (*emflow_bshuf_bound_fn)(size_t count, size_t elem_size, size_t block_size);
+typedef size_t (*emflow_bshuf_block_fn)(size_t elem_size);
+
+// Sets up `emflow_bshuf_h5_filter`: it compresses bitshuffle+LZ4 chunks with the vector code of
+// `level` and hands everything else (decompression, bitshuffle without LZ4) to the plugin's own
+// `plugin_filter`. Call once, before HDF5 can call the filter.
+void emflow_bshuf_h5_setup(emflow_h5z_filter_fn plugin_filter, emflow_bshuf_bound_fn bound, emflow_bshuf_block_fn default_block,
+                           emflow_lz4_ext_state_fn lz4, size_t lz4_state_bytes, int level);
+
+// The filter function registered with HDF5 for id 32008 in place of the plugin's: the same bytes
+// (the plugin's header, blocks and cd_values), made faster.
+size_t emflow_bshuf_h5_filter(unsigned int flags, size_t cd_nelmts, const unsigned int cd_values[], size_t nbytes,
+                              size_t *buf_size, void **buf);
+
+// How many chunks emflow_bshuf_h5_filter has compressed itself in this process (for tests).
+uint64_t emflow_bshuf_h5_compressed_chunks(void);
+
 #endif
