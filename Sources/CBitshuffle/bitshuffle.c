@@ -137,11 +137,15 @@ void emflow_bshuf_trans_bit_elem(const void *in, void *out, void *scratch, size_
 }
 
 int64_t emflow_bshuf_compress_lz4(const void *in, void *out, size_t capacity, size_t count, size_t elem_size,
-                                  size_t block_size, emflow_lz4_ext_state_fn lz4, void *lz4_state, int level) {
+                                  size_t block_size, emflow_lz4_ext_state_fn lz4, size_t lz4_state_bytes, int level) {
     if (block_size == 0 || block_size % 8 != 0 || elem_size == 0) return -1;
     const size_t largest = (block_size < count ? block_size : count) * elem_size;
-    uint8_t *shuffled = malloc(2 * largest + 1);
-    if (!shuffled) return -3;
+    // One allocation per call: LZ4's state (first, malloc's alignment), a block's planes, scratch.
+    const size_t state_bytes = (lz4_state_bytes + 63) / 64 * 64;
+    uint8_t *work = malloc(state_bytes + 2 * largest + 1);
+    if (!work) return -3;
+    void *lz4_state = work;
+    uint8_t *shuffled = work + state_bytes;
     const uint8_t *src = in;
     uint8_t *dst = out, *end = dst + capacity;
     size_t done = 0;
@@ -151,15 +155,15 @@ int64_t emflow_bshuf_compress_lz4(const void *in, void *out, size_t capacity, si
         if (n == 0) break;
         const size_t bytes = n * elem_size;
         const size_t bound = bytes + bytes / 255 + 16;  // LZ4_compressBound
-        if (bytes > 0x7E000000 || (size_t)(end - dst) < 4 + bound) { free(shuffled); return -2; }
+        if (bytes > 0x7E000000 || (size_t)(end - dst) < 4 + bound) { free(work); return -2; }
         emflow_bshuf_trans_bit_elem(src + done * elem_size, shuffled, shuffled + largest, n, elem_size, level);
         const int c = lz4(lz4_state, (const char *)shuffled, (char *)dst + 4, (int)bytes, (int)bound, 1);
-        if (c <= 0) { free(shuffled); return -1; }
+        if (c <= 0) { free(work); return -1; }
         dst[0] = (uint8_t)(c >> 24); dst[1] = (uint8_t)(c >> 16); dst[2] = (uint8_t)(c >> 8); dst[3] = (uint8_t)c;
         dst += 4 + (size_t)c;
         done += n;
     }
-    free(shuffled);
+    free(work);
     const size_t rest = (count - done) * elem_size;
     if ((size_t)(end - dst) < rest) return -2;
     memcpy(dst, src + done * elem_size, rest);
@@ -202,14 +206,10 @@ size_t emflow_bshuf_h5_filter(unsigned int flags, size_t cd_nelmts, const unsign
     const size_t count = nbytes / elem_size;
     const size_t capacity = h5.bound(count, elem_size, block) + 12;
     uint8_t *out = malloc(capacity);
-    void *state = malloc(h5.lz4_state_bytes);
-    int64_t n = -1;
-    if (out && state) {
-        put_be(out, nbytes, 8);
-        put_be(out + 8, block * elem_size, 4);
-        n = emflow_bshuf_compress_lz4(*buf, out + 12, capacity - 12, count, elem_size, block, h5.lz4, state, h5.level);
-    }
-    free(state);
+    if (!out) return 0;
+    put_be(out, nbytes, 8);
+    put_be(out + 8, block * elem_size, 4);
+    const int64_t n = emflow_bshuf_compress_lz4(*buf, out + 12, capacity - 12, count, elem_size, block, h5.lz4, h5.lz4_state_bytes, h5.level);
     if (n < 0) { free(out); return 0; }  // HDF5 reports the filter's failure
     free(*buf);
     *buf = out;

@@ -6,10 +6,11 @@ import Foundation
 /// HDF5 filter 32008 (so any reader with the filter decodes them): a 12-byte header (uncompressed
 /// bytes as big-endian uint64, block size in bytes as big-endian uint32), then bitshuffle's LZ4
 /// blocks. The block size and bound come from the filter plugin itself (Debian's `bitshuffle`,
-/// libh5bshuf.so). The blocks are made here with AVX2 and the plugin's liblz4 where the CPU has
-/// AVX2 (Debian's plugin is built for SSE2 only: its bit transposition took as long as LZ4), else by
-/// the plugin; both give the same bytes. Used by a single-process writer, which then stores the
-/// chunks with direct chunk writes.
+/// libh5bshuf.so). The blocks are made here (`CBitshuffle`: AVX-512 + GFNI or AVX2, LZ4 from the
+/// plugin's liblz4) where the CPU has the vector code — Debian's plugin is built for SSE2 only and
+/// its bit transposition took as long as LZ4 — else by the plugin; both give the same bytes. Used by
+/// a single-process writer, which then stores the chunks with direct chunk writes, and as HDF5's
+/// filter (`replacesHDF5Filter`).
 final class BitshuffleLZ4: @unchecked Sendable {
     typealias Compress = @convention(c) (UnsafeRawPointer?, UnsafeMutableRawPointer?, Int, Int, Int) -> Int64
     typealias Bound = @convention(c) (Int, Int, Int) -> Int
@@ -72,10 +73,8 @@ final class BitshuffleLZ4: @unchecked Sendable {
         withUnsafeBytes(of: &blockBytes) { (out.baseAddress! + 8).copyMemory(from: $0.baseAddress!, byteCount: 4) }
         let n: Int64
         if let lz4 {
-            let state = UnsafeMutableRawPointer.allocate(byteCount: lz4.stateBytes, alignment: 64)
-            defer { state.deallocate() }
             n = emflow_bshuf_compress_lz4(input.baseAddress, out.baseAddress! + 12, out.count - 12, input.count / elementSize,
-                                          elementSize, block, lz4.compress, state, level)
+                                          elementSize, block, lz4.compress, lz4.stateBytes, level)
         } else {
             n = compressFn(input.baseAddress, out.baseAddress! + 12, input.count / elementSize, elementSize, block)
         }

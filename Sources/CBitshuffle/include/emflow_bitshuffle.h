@@ -1,10 +1,10 @@
 #ifndef EMFLOW_BITSHUFFLE_H
 #define EMFLOW_BITSHUFFLE_H
 // Bitshuffle+LZ4 blocks written here with AVX-512 and GFNI, or AVX2 (the Debian build of the HDF5
-// filter plugin has only its SSE2 code), in the exact layout of the filter (id 32008): each block of elements is
-// bit-transposed (plane by plane: byte j of the element, bit k, one bit per element) and
-// LZ4-compressed, preceded by its compressed size as big-endian uint32; the elements after the last
-// multiple of 8 are copied as they are. LZ4 itself comes from liblz4 through a function pointer.
+// filter plugin has only its SSE2 code), in the exact layout of the filter (id 32008): each block
+// of elements is bit-transposed (plane by plane: byte j of the element, bit k, one bit per element)
+// and LZ4-compressed, preceded by its compressed size as big-endian uint32; the elements after the
+// last multiple of 8 are copied as they are. LZ4 itself comes from liblz4 through a function pointer.
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,10 +22,10 @@ void emflow_bshuf_trans_bit_elem(const void *in, void *out, void *scratch, size_
 
 // Compresses `count` elements in blocks of `block_size` elements (a multiple of 8) into `out`
 // (`capacity` bytes, at least the filter's bound), without the filter's 12-byte header.
-// `lz4_state` holds `lz4_state_size` bytes (LZ4_sizeofState()). Returns the bytes written, or a
-// negative number when LZ4 fails, the output does not fit or memory runs out.
+// `lz4_state_bytes` is LZ4_sizeofState(). Returns the bytes written, or a negative number when LZ4
+// fails, the output does not fit or memory runs out.
 int64_t emflow_bshuf_compress_lz4(const void *in, void *out, size_t capacity, size_t count, size_t elem_size,
-                                  size_t block_size, emflow_lz4_ext_state_fn lz4, void *lz4_state, int level);
+                                  size_t block_size, emflow_lz4_ext_state_fn lz4, size_t lz4_state_bytes, int level);
 
 // HDF5's filter function (H5Z_func_t) in plain C types, and the plugin's sizing functions.
 typedef size_t (*emflow_h5z_filter_fn)(unsigned int flags, size_t cd_nelmts, const unsigned int cd_values[], size_t nbytes,
