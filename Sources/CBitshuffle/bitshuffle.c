@@ -8,7 +8,7 @@
 // The layout: for `count` elements, plane (j, k) is row j * 8 + k of count / 8 bytes; bit r of
 // the row's byte q is bit k of byte j of element 8q + r.
 
-// One group of 8 elements, bit by bit: the tails that the 32-element vector loop leaves.
+// One group of 8 elements, bit by bit: the tails that the vector loops (64 or 32 elements) leave.
 static void group_of_eight(const uint8_t *in, uint8_t *out, size_t g, size_t row_bytes, size_t elem_size) {
     for (size_t j = 0; j < elem_size; j++) {
         for (size_t k = 0; k < 8; k++) {
@@ -20,6 +20,14 @@ static void group_of_eight(const uint8_t *in, uint8_t *out, size_t g, size_t row
 }
 
 #if defined(__x86_64__)
+
+// Element sizes without a vector path of their own: byte j of every element into row j of
+// `scratch` (count bytes each), which the vector code then treats as 1-byte elements.
+static const uint8_t *bytes_by_place(const uint8_t *in, uint8_t *scratch, size_t count, size_t elem_size) {
+    for (size_t i = 0; i < count; i++)
+        for (size_t j = 0; j < elem_size; j++) scratch[j * count + i] = in[i * elem_size + j];
+    return scratch;
+}
 
 int emflow_bshuf_best_level(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi") &&
@@ -52,13 +60,12 @@ static inline void planes_of_64(__m512i bytes, uint8_t *rows, size_t row_bytes, 
 __attribute__((target("avx512f,avx512bw,avx512vbmi,gfni")))
 static size_t trans_avx512(const uint8_t *in, uint8_t *out, uint8_t *scratch, size_t count, size_t elem_size) {
     const size_t row_bytes = count / 8, steps = count / 64;
-    // Index p of a permutation's result takes element 8 * (p / 8) + 7 - p % 8 of the step.
-    uint8_t reversed[64], low[64], high[64];
-    for (int p = 0; p < 64; p++) {
-        const int e = 8 * (p / 8) + 7 - p % 8;
-        reversed[p] = (uint8_t)e; low[p] = (uint8_t)(2 * e); high[p] = (uint8_t)(2 * e + 1);
-    }
-    const __m512i rev = _mm512_loadu_si512(reversed), lo = _mm512_loadu_si512(low), hi = _mm512_loadu_si512(high);
+    // Byte p of a permutation index takes element e = 8 * (p / 8) + 7 - p % 8 of the step: its only
+    // byte (rev), its low byte 2e (lo) or its high byte 2e + 1 (hi).
+    const long long ones = 0x0101010101010101LL;
+    const __m512i rev = _mm512_add_epi8(_mm512_set1_epi64(0x0001020304050607LL),
+                                        _mm512_set_epi64(56 * ones, 48 * ones, 40 * ones, 32 * ones, 24 * ones, 16 * ones, 8 * ones, 0));
+    const __m512i lo = _mm512_add_epi8(rev, rev), hi = _mm512_add_epi8(lo, _mm512_set1_epi8(1));
     if (elem_size == 2) {
         for (size_t g = 0; g < steps; g++) {
             const __m512i a = _mm512_loadu_si512(in + 128 * g), b = _mm512_loadu_si512(in + 128 * g + 64);
@@ -66,12 +73,7 @@ static size_t trans_avx512(const uint8_t *in, uint8_t *out, uint8_t *scratch, si
             planes_of_64(_mm512_permutex2var_epi8(a, hi, b), out + 8 * row_bytes, row_bytes, 8 * g);
         }
     } else {
-        const uint8_t *planes = in;
-        if (elem_size != 1) {
-            for (size_t i = 0; i < count; i++)
-                for (size_t j = 0; j < elem_size; j++) scratch[j * count + i] = in[i * elem_size + j];
-            planes = scratch;
-        }
+        const uint8_t *planes = elem_size == 1 ? in : bytes_by_place(in, scratch, count, elem_size);
         for (size_t j = 0; j < elem_size; j++)
             for (size_t g = 0; g < steps; g++)
                 planes_of_64(_mm512_permutexvar_epi8(rev, _mm512_loadu_si512(planes + j * count + 64 * g)), out + j * 8 * row_bytes, row_bytes, 8 * g);
@@ -109,12 +111,10 @@ static size_t trans_avx2(const uint8_t *in, uint8_t *out, uint8_t *scratch, size
             eight_planes(_mm256_permute2x128_si256(a, b, 0x31), out + 8 * row_bytes, row_bytes, 4 * g);
         }
     } else {
-        // Other sizes: bytes grouped by their place in the element first, then plane by plane.
-        for (size_t i = 0; i < count; i++)
-            for (size_t j = 0; j < elem_size; j++) scratch[j * count + i] = in[i * elem_size + j];
+        const uint8_t *planes = bytes_by_place(in, scratch, count, elem_size);
         for (size_t j = 0; j < elem_size; j++)
             for (size_t g = 0; g < groups; g++)
-                eight_planes(_mm256_loadu_si256((const __m256i *)(scratch + j * count + 32 * g)), out + j * 8 * row_bytes, row_bytes, 4 * g);
+                eight_planes(_mm256_loadu_si256((const __m256i *)(planes + j * count + 32 * g)), out + j * 8 * row_bytes, row_bytes, 4 * g);
     }
     return groups * 4;
 }
