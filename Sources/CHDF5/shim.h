@@ -84,7 +84,16 @@ static inline int emflow_mpi_bcast_bytes(void *buf, int count, int root) { retur
 static inline int emflow_mpi_allreduce_min_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD); }
 static inline int emflow_mpi_allreduce_max_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD); }
 static inline int emflow_mpi_allreduce_sum_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD); }
+static inline int emflow_mpi_allreduce_sum_f64(double *inout, int count) { return MPI_Allreduce(MPI_IN_PLACE, inout, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD); }
 static inline int emflow_mpi_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
+// How many ranks of the world share this rank's node (memory, and so the page cache).
+static inline int emflow_mpi_node_size(void) {
+    MPI_Comm node; int n = 0;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS) return 0;
+    MPI_Comm_size(node, &n);
+    MPI_Comm_free(&node);
+    return n;
+}
 static inline void emflow_mpi_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
 // The MPI-IO file driver on the world communicator, and collective transfers.
 static inline herr_t emflow_h5p_set_fapl_mpio_world(hid_t fapl) { return H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL); }

@@ -48,12 +48,16 @@ public enum MPIStages {
     /// Open MPI 4 probes UCX and the network transports in `MPI_Init`, 0.2 s per launch on a job that
     /// may last a second, for ranks that can only talk through memory anyway. `srun` may span nodes
     /// and keeps the site's choice. Other MPI implementations ignore these variables.
+    /// Waiting ranks also yield the core (`mpi_yield_when_idle`): each rank runs helper threads (the
+    /// frame reader; on rank 0 the output's hash) that a rank spinning in a collective would starve.
     static func launchEnvironment(_ launcher: Launcher, _ base: [String: String]) -> [String: String] {
         var env = base
-        if launcher == .mpirun, base["OMPI_MCA_pml"] == nil, base["OMPI_MCA_btl"] == nil {
+        guard launcher == .mpirun else { return env }
+        if base["OMPI_MCA_pml"] == nil, base["OMPI_MCA_btl"] == nil {
             env["OMPI_MCA_pml"] = "ob1"
             env["OMPI_MCA_btl"] = "self,vader"
         }
+        if base["OMPI_MCA_mpi_yield_when_idle"] == nil { env["OMPI_MCA_mpi_yield_when_idle"] = "1" }
         return env
     }
 
@@ -137,10 +141,10 @@ struct LaunchedStage: Stage {
         }
         log.truncateFile(atOffset: 0)
         log.write(Data(("launch: " + args.joined(separator: " ") + "\n").utf8))
-        let chosen = ["OMPI_MCA_pml", "OMPI_MCA_btl"].filter { env[$0] != ProcessInfo.processInfo.environment[$0] }
+        let chosen = ["OMPI_MCA_pml", "OMPI_MCA_btl", "OMPI_MCA_mpi_yield_when_idle"].filter { env[$0] != ProcessInfo.processInfo.environment[$0] }
         if !chosen.isEmpty {
             log.write(Data(("environment: " + chosen.map { "\($0)=\(env[$0]!)" }.joined(separator: " ")
-                + " (ranks on this host talk through shared memory; set OMPI_MCA_pml or OMPI_MCA_btl to choose otherwise)\n").utf8))
+                + " (ranks on this host talk through shared memory and yield the core while they wait; set these variables to choose otherwise)\n").utf8))
         }
         p.standardOutput = log; p.standardError = log
         do { try p.run() } catch { throw StageError("cannot start \(args[0]) (\(error)); install OpenMPI (openmpi-bin) or load the site's MPI module") }

@@ -57,6 +57,21 @@ public final class Communicator: @unchecked Sendable {
         return Int(out)
     }
 
+    /// Element-wise sums of every rank's `values` (all ranks pass the same count), on every rank.
+    public func sum(_ values: [Double]) -> [Double] {
+        guard usesMPI, size > 1, !values.isEmpty else { return values }
+        var out = values
+        out.withUnsafeMutableBufferPointer { _ = emflow_mpi_allreduce_sum_f64($0.baseAddress, Int32($0.count)) }
+        return out
+    }
+
+    /// Whether every rank runs on one node, so that each sees what the others wrote through the same
+    /// page cache as soon as their write calls return. Collective.
+    public func sharesOneNode() -> Bool {
+        guard usesMPI else { return true }
+        return min(Int(emflow_mpi_node_size())) == size
+    }
+
     /// `root`'s bytes on every rank.
     public func broadcast(_ bytes: [UInt8], from root: Int = 0) -> [UInt8] {
         guard usesMPI else { return bytes }

@@ -144,6 +144,10 @@ public enum ParallelStackWriter {
         //    the variable-length strings NXem needs); 2. all ranks fill the arrays collectively;
         // 3. rank 0 adds the fields known only at the end. Any rank's error stops all of them.
         var file: HDF5File?
+        // Rank 0 reads the file back through this descriptor (to hash it) until the end.
+        var writeback: Int32 = -1
+        var hasher: WrittenFileHasher?
+        defer { hasher?.drain(); if writeback >= 0 { close(writeback) } }
         do {
             var createError: String?
             var layout: PreallocatedLayout?
@@ -153,7 +157,7 @@ public enum ParallelStackWriter {
                         let f = try HDF5File.create(path: tmp, alignment: options.alignment)
                         file = f
                         try NXemWriter.build(doc, in: f, compression: options.compression, allocateEarly: true) { _, _ in }
-                        if comm.size == 1 && options.compression == .none && late == nil {
+                        if options.compression == .none && late == nil {
                             layout = PreallocatedLayout.read(doc, in: f, geometry: g)
                         }
                         try f.close()
@@ -162,7 +166,7 @@ public enum ParallelStackWriter {
                 } catch { createError = "\(error)" }
             }
             try agree(createError)
-            if let layout {
+            if comm.size == 1, let layout {
                 return try writePreallocated(layout, source: source, tmp: tmp, path: path, options: options, started: started, progress: progress)
             }
             var openError: String?
@@ -178,16 +182,24 @@ public enum ParallelStackWriter {
             let f = file!
 
             let mine = comm.share(of: g.scanY)
+            // Where every rank shares rank 0's page cache, the ranks deal the steps out in turns, so the
+            // file fills front to back, and rank 0 hashes each round as soon as all ranks have written
+            // it, instead of the whole file after it is closed (serial, as long as the write itself).
+            let oneNode = comm.usesMPI && comm.size > 1 && comm.sharesOneNode()
+            let dealing = comm.max(comm.isRoot && oneNode && layout != nil ? 1 : 0) == 1
             // One process compressing bitshuffle+LZ4 itself works in steps small enough that the frames
             // are still in the cache when compressed (from memory, the bit transposition cost 3× more).
-            let budget = !comm.usesMPI && options.compression == .bitshuffleLZ4 ? min(options.bufferBytes, 4 << 20) : options.bufferBytes
-            let plan = rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget)
+            // Dealt steps are smaller too: the last round is hashed after the others are written.
+            let budget = !comm.usesMPI && options.compression == .bitshuffleLZ4 || dealing ? min(options.bufferBytes, dealing ? 16 << 20 : 4 << 20) : options.bufferBytes
+            let dealt = dealing ? steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget) : []
+            let plan = dealing ? stride(from: comm.rank, to: dealt.count, by: comm.size).map { dealt[$0] }
+                : rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget)
             let rounds = comm.max(plan.count)
-            var sums = [Double](repeating: 0, count: mine.count * g.scanX)
+            var sums = [Double](repeating: 0, count: g.scanY * g.scanX)
             let e = "/" + doc.entry + "/"
             let direct = DirectChunks(geometry: g, options: options, communicator: comm, stepFrames: plan.map { $0.ny * $0.nx }.max() ?? 0)
-            let writeback = comm.isRoot ? open(tmp, O_RDONLY | O_CLOEXEC) : -1
-            defer { if writeback >= 0 { close(writeback) } }
+            if comm.isRoot { writeback = open(tmp, O_RDONLY | O_CLOEXEC) }
+            hasher = dealing && writeback >= 0 ? WrittenFileHasher(fd: writeback, path: tmp, keepGaps: true) : nil
 
             try HDF5Library.serialized { () throws in
                 let ds = try f.openArray(e + doc.images[0].dataGroup + "/real", type: g.pixelType)
@@ -197,15 +209,24 @@ public enum ParallelStackWriter {
                 defer { reader.finish() }
                 for i in 0..<rounds {
                     try agree(i < plan.count ? reader.take(i).error : nil)
-                    guard i < plan.count else { try ds.writeNothing(); continue }
-                    let buf = reader.buffer(i), s = plan[i]
-                    reader.prefetch(i + 1)
-                    if let direct { try direct.write(s, from: buf, to: ds) }
-                    else { try ds.write(start: [s.y, s.x, 0, 0], count: [s.ny, s.nx, g.frameHeight, g.frameWidth], UnsafeRawBufferPointer(buf.frames)) }
-                    for (k, v) in buf.sums.enumerated() {
-                        sums[(s.y + k / s.nx - mine.lowerBound) * g.scanX + s.x + k % s.nx] = v
+                    if i < plan.count {
+                        let buf = reader.buffer(i), s = plan[i]
+                        reader.prefetch(i + 1)
+                        if let direct { try direct.write(s, from: buf, to: ds) }
+                        else { try ds.write(start: [s.y, s.x, 0, 0], count: [s.ny, s.nx, g.frameHeight, g.frameWidth], UnsafeRawBufferPointer(buf.frames)) }
+                        for (k, v) in buf.sums.enumerated() { sums[(s.y + k / s.nx) * g.scanX + s.x + k % s.nx] = v }
+                        progress(s.ny * s.nx * g.frameBytes)
+                    } else { try ds.writeNothing() }
+                    if dealing {
+                        comm.barrier()  // every rank's steps of this round are in the file
+                        if let hasher, let layout {
+                            let done = dealt[(i * comm.size)..<Swift.min((i + 1) * comm.size, dealt.count)]
+                            let k = layout.framesPerChunk
+                            for run in layout.runs(done.first!.frames(scanX: g.scanX).lowerBound / k..<done.last!.frames(scanX: g.scanX).upperBound / k) {
+                                hasher.appendWritten(layout.extents[run.lowerBound].offset..<layout.end(of: run.upperBound - 1))
+                            }
+                        }
                     }
-                    progress(s.ny * s.nx * g.frameBytes)
                     // Start writing back what is written so far, so the final fsync has little left.
                     if writeback >= 0 { _ = emflow_start_writeback(writeback) }
                 }
@@ -213,8 +234,13 @@ public enum ParallelStackWriter {
                 if doc.images.count > 1 {
                     let summary = try f.openArray(e + doc.images[1].dataGroup + "/real", type: .float64)
                     defer { try? summary.close() }
+                    // Each rank summed the frames it read; every rank writes its share of the rows.
+                    let totals = comm.sum(sums)
                     if mine.isEmpty { try summary.writeNothing() }
-                    else { try sums.withUnsafeBytes { (b) throws in try summary.write(start: [mine.lowerBound, 0], count: [mine.count, g.scanX], b) } }
+                    else {
+                        let all = totals[(mine.lowerBound * g.scanX)..<(mine.upperBound * g.scanX)]
+                        try all.withUnsafeBytes { (b) throws in try summary.write(start: [mine.lowerBound, 0], count: [mine.count, g.scanX], b) }
+                    }
                     try summary.close()
                 }
                 try f.close()
@@ -248,11 +274,17 @@ public enum ParallelStackWriter {
         let tWritten = Date()
         // Rank 0 makes the file durable, hashes it from the page cache meanwhile, and renames it.
         var result: (String, Int64)? = nil
+        var hashedWhileWriting = false
         var finishError: String? = nil
         if comm.isRoot {
             do {
                 var sha = ""
-                try NXemWriter.syncAndPublish(tmp, as: path) { t in sha = try checksum(t) }
+                let size = Int(try FileStatus.of(path: tmp).size)
+                try NXemWriter.syncAndPublish(tmp, as: path) { t in
+                    // HDF5 may have rewritten metadata that was hashed early: then the whole file again.
+                    if let hasher, try hasher.gapsUnchanged() { sha = try hasher.finish(size: size); hashedWhileWriting = true }
+                    else { sha = try checksum(t) }
+                }
                 result = (sha, try FileStatus.of(path: path).size)
             } catch {
                 _ = unlinkIgnoringErrors(tmp)
@@ -266,7 +298,8 @@ public enum ParallelStackWriter {
         let rss = peakRSS()
         let rootRSS = Int64(comm.broadcast(String(rss))) ?? rss
         return Outcome(output: path, outputSHA256: sha, outputSize: size, bytesIn: g.totalBytes, ranks: comm.size,
-                       seconds: Date().timeIntervalSince(started), peakRSSMax: Int64(comm.max(Int(rss))), peakRSSRoot: rootRSS)
+                       seconds: Date().timeIntervalSince(started), peakRSSMax: Int64(comm.max(Int(rss))), peakRSSRoot: rootRSS,
+                       hashedWhileWriting: hashedWhileWriting)
     }
 
     /// This process's peak resident set size in bytes.

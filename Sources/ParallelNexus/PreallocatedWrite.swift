@@ -43,19 +43,43 @@ struct PreallocatedLayout {
         for (a, b) in zip(extents, extents.dropFirst()) where a.offset + a.length > b.offset { return nil }
         return PreallocatedLayout(extents: extents, frameChunks: frames.count, framesPerChunk: k, summaryChunkRows: summary.chunks[0])
     }
+
+    /// The end of extent `i`.
+    func end(of i: Int) -> Int { extents[i].offset + extents[i].length }
+
+    /// `chunks` as runs of extents that lie back to back in the file, each at most `limit` long.
+    func runs(_ chunks: Range<Int>, limit: Int = .max) -> [Range<Int>] {
+        var out: [Range<Int>] = [], c = chunks.lowerBound
+        while c < chunks.upperBound {
+            var e = c + 1
+            while e < chunks.upperBound && e - c < limit && extents[e].offset == end(of: e - 1) { e += 1 }
+            out.append(c..<e)
+            c = e
+        }
+        return out
+    }
 }
 
-/// The SHA-256 of a file computed from what is being written into it, front to back: the bytes
-/// between the written ranges are read from the file (HDF5's metadata, final before the writing
-/// starts), the written ranges are hashed from the writer's memory. Runs on its own serial queue.
+/// The SHA-256 of a file computed from what is being written into it, front to back, on its own
+/// serial queue. Written ranges are hashed from the writer's memory (`append`) or, where other
+/// processes wrote them, read back from the page cache once written (`appendWritten`); the bytes
+/// between them (HDF5's metadata) are read from the file. With `keepGaps`, those gap bytes are kept
+/// so that `gapsUnchanged` can tell whether a library rewrote any of them after they were hashed.
 final class WrittenFileHasher: @unchecked Sendable {
     let fd: Int32, path: String
     private let queue = DispatchQueue(label: "emflow.written-file-hash")
     private var sha: SHA256Hasher? = SHA256Hasher()
     private var position = 0
     private var error: POSIXFileError?
+    private let keepGaps: Bool
+    private var kept: [(offset: Int, bytes: [UInt8])] = []
+    /// Pieces read from the file are hashed while still in the CPU's cache.
+    private static let piece = 256 << 10
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: WrittenFileHasher.piece, alignment: 64)
 
-    init(fd: Int32, path: String) { self.fd = fd; self.path = path }
+    init(fd: Int32, path: String, keepGaps: Bool = false) { self.fd = fd; self.path = path; self.keepGaps = keepGaps }
+    // Queued work holds `self`, so nothing reads into the buffer any more.
+    deinit { buffer.deallocate() }
 
     /// Hashes the file up to `offset`, then `bytes` (which will be at `offset`); `done` runs after,
     /// when the caller may reuse `bytes`.
@@ -63,18 +87,45 @@ final class WrittenFileHasher: @unchecked Sendable {
         let b = UncheckedBox(bytes)
         queue.async { [self] in
             if error == nil {
-                do throws(POSIXFileError) { try fromFile(upTo: offset); sha!.update(b.value); position = offset + b.value.count }
+                do throws(POSIXFileError) { try fromFile(upTo: offset, gap: true); sha!.update(b.value); position = offset + b.value.count }
                 catch { self.error = error }
             }
             done()
         }
     }
 
+    /// Hashes the file up to `range` (gap bytes), then `range` itself as read from the file: bytes
+    /// that are final (written by any process, whose write calls have returned).
+    func appendWritten(_ range: Range<Int>) {
+        queue.async { [self] in
+            guard error == nil else { return }
+            do throws(POSIXFileError) { try fromFile(upTo: range.lowerBound, gap: true); try fromFile(upTo: range.upperBound, gap: false) }
+            catch { self.error = error }
+        }
+    }
+
+    /// Whether every gap byte hashed so far still reads as it did (always true without `keepGaps`).
+    func gapsUnchanged() throws(POSIXFileError) -> Bool {
+        let result: Result<Bool, POSIXFileError> = queue.sync {
+            if let error { return .failure(error) }
+            do throws(POSIXFileError) {
+                for (offset, bytes) in kept {
+                    let now = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 64)
+                    defer { now.deallocate() }
+                    try FileDescriptor.readFull(fd, path: path, into: now, at: Int64(offset))
+                    if !bytes.elementsEqual(now) { return .success(false) }
+                }
+            } catch { return .failure(error) }
+            return .success(true)
+        }
+        return try result.get()
+    }
+
     /// Hashes the rest of the file (`size` bytes in all) and returns the SHA-256.
     func finish(size: Int) throws(POSIXFileError) -> String {
         let result: Result<String, POSIXFileError> = queue.sync {
             if let error { return .failure(error) }
-            do throws(POSIXFileError) { try fromFile(upTo: size) } catch { return .failure(error) }
+            do throws(POSIXFileError) { try fromFile(upTo: size, gap: false) } catch { return .failure(error) }
             return .success(sha.take()!.finalize())
         }
         return try result.get()
@@ -83,14 +134,24 @@ final class WrittenFileHasher: @unchecked Sendable {
     /// Waits until everything handed over so far is hashed.
     func drain() { queue.sync {} }
 
-    private func fromFile(upTo end: Int) throws(POSIXFileError) {
-        guard position < end else { return }
-        let n = end - position
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 64)
-        defer { buffer.deallocate() }
-        try FileDescriptor.readFull(fd, path: path, into: buffer, at: Int64(position))
-        sha!.update(UnsafeRawBufferPointer(buffer))
-        position = end
+    private func fromFile(upTo end: Int, gap: Bool) throws(POSIXFileError) {
+        // Written ranges of some size are hashed straight from the page cache, without a copy.
+        if !gap && end - position >= 1 << 20 {
+            let page = Int(sysconf(Int32(_SC_PAGESIZE))), start = position / page * page
+            if let m = mmap(nil, end - start, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, off_t(start)), m != MAP_FAILED {
+                sha!.update(UnsafeRawBufferPointer(start: m + (position - start), count: end - position))
+                munmap(m, end - start)
+                position = end
+                return
+            }
+        }
+        while position < end {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Swift.min(Self.piece, end - position)])
+            try FileDescriptor.readFull(fd, path: path, into: piece, at: Int64(position))
+            sha!.update(UnsafeRawBufferPointer(piece))
+            if gap && keepGaps { kept.append((position, Array(piece))) }
+            position += piece.count
+        }
     }
 }
 
@@ -129,15 +190,12 @@ extension ParallelStackWriter {
             let frames = s.frames(scanX: g.scanX)
             let first = frames.lowerBound / k, last = frames.upperBound / k
             // Consecutive chunks that HDF5 placed back to back go out together.
-            var c = first
-            while c < last {
-                var end = c + 1
-                while end < last && end - c < maxRun && layout.extents[end].offset == layout.extents[end - 1].offset + chunkBytes { end += 1 }
-                let bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[((c - first) * chunkBytes)..<((end - first) * chunkBytes)])
-                try FileDescriptor.writeAll(writable, path: tmp, bytes, at: Int64(layout.extents[c].offset))
-                let release = hashed[i], isLast = end == last
-                hasher.append(bytes, at: layout.extents[c].offset) { if isLast { release.signal() } }
-                c = end
+            for run in layout.runs(first..<last, limit: maxRun) {
+                let bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[((run.lowerBound - first) * chunkBytes)..<((run.upperBound - first) * chunkBytes)])
+                let at = layout.extents[run.lowerBound].offset
+                try FileDescriptor.writeAll(writable, path: tmp, bytes, at: Int64(at))
+                let release = hashed[i], isLast = run.upperBound == last
+                hasher.append(bytes, at: at) { if isLast { release.signal() } }
             }
             for (j, v) in buf.sums.enumerated() { sums[frames.lowerBound + j] = v }
             progress(frames.count * g.frameBytes)
@@ -211,3 +269,4 @@ final class StepReader {
     /// Waits for a read in flight.
     func finish() { pending?.wait(); pending = nil }
 }
+

@@ -186,10 +186,13 @@ final class EngineTests: XCTestCase {
         let local = MPIStages.launchEnvironment(.mpirun, ["PATH": "/usr/bin"])
         XCTAssertEqual(local["OMPI_MCA_pml"], "ob1")
         XCTAssertEqual(local["OMPI_MCA_btl"], "self,vader")
+        XCTAssertEqual(local["OMPI_MCA_mpi_yield_when_idle"], "1")
         XCTAssertEqual(local["PATH"], "/usr/bin")
         // The user's or site's choice stands, whichever of the two it names.
-        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_btl": "self,tcp"]), ["OMPI_MCA_btl": "self,tcp"])
-        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_pml": "ucx"]), ["OMPI_MCA_pml": "ucx"])
+        let yielding = ["OMPI_MCA_mpi_yield_when_idle": "1"]
+        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_btl": "self,tcp"]), ["OMPI_MCA_btl": "self,tcp"].merging(yielding) { a, _ in a })
+        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_pml": "ucx"]), ["OMPI_MCA_pml": "ucx"].merging(yielding) { a, _ in a })
+        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_mpi_yield_when_idle": "0"])["OMPI_MCA_mpi_yield_when_idle"], "0")
         // srun may place ranks on several nodes: nothing is chosen for it.
         XCTAssertEqual(MPIStages.launchEnvironment(.srun(plugin: "pmix"), ["PATH": "/usr/bin"]), ["PATH": "/usr/bin"])
     }

@@ -154,6 +154,54 @@ final class ParallelPlanTests: XCTestCase {
         XCTAssertEqual(ParallelStackWriter.rampedSteps(rows: 4..<4, scanX: 5, frameBytes: 10, chunkFrames: 1, budget: 100), [])
     }
 
+    /// Chunks that lie back to back in the file are written and hashed as one run.
+    func testRunsJoinAdjacentChunksOnly() {
+        let l = PreallocatedLayout(extents: [(100, 10), (110, 10), (120, 10), (200, 10), (210, 10)], frameChunks: 5, framesPerChunk: 1, summaryChunkRows: 1)
+        XCTAssertEqual(l.runs(0..<5), [0..<3, 3..<5])
+        XCTAssertEqual(l.runs(1..<4), [1..<3, 3..<4])
+        XCTAssertEqual(l.runs(0..<5, limit: 2), [0..<2, 2..<3, 3..<5])
+        XCTAssertEqual(l.runs(2..<2), [])
+        XCTAssertEqual(l.end(of: 4), 220)
+    }
+
+    /// Rank 0's hash of a file that the ranks write: written ranges read back (mapped when large, read
+    /// in pieces when small, from unaligned offsets), the bytes between them read and kept. The SHA-256
+    /// is the file's; a rewritten byte between the ranges (HDF5 updating metadata at close) is noticed,
+    /// so the caller hashes the whole file again.
+    func testHashingTheWrittenFileMatchesItAndNoticesRewrittenMetadata() throws {
+        let dir = TempDir("wfh"); defer { dir.cleanup() }
+        let path = dir.file("f.bin")
+        let size = (3 << 20) + 5
+        let bytes = (0..<size).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(bytes)))
+        let fd = open(path, O_RDWR)
+        defer { close(fd) }
+        let expected = try ProcessRunner.shell("sha256sum '\(path)' | cut -d' ' -f1").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        func hash(rewriting at: Int?) throws -> (unchanged: Bool, sha: String) {
+            let h = WrittenFileHasher(fd: fd, path: path, keepGaps: true)
+            h.appendWritten(4099..<(4099 + (1 << 20) + 17))
+            h.appendWritten((2 << 20)..<((2 << 20) + 300))
+            h.drain()
+            var b = UInt8(0)
+            if let at { _ = pread(fd, &b, 1, off_t(at)); b = ~b; _ = pwrite(fd, &b, 1, off_t(at)) }
+            let result = (try h.gapsUnchanged(), try h.finish(size: size))
+            if let at { b = ~b; _ = pwrite(fd, &b, 1, off_t(at)) }
+            return result
+        }
+        let clean = try hash(rewriting: nil)
+        XCTAssertTrue(clean.unchanged)
+        XCTAssertEqual(clean.sha, expected)
+        XCTAssertFalse(try hash(rewriting: 100).unchanged, "a byte of the head")
+        XCTAssertFalse(try hash(rewriting: (2 << 20) - 1).unchanged, "a byte between the written ranges")
+        XCTAssertTrue(try hash(rewriting: 5000).unchanged, "written ranges are final once handed over")
+        XCTAssertTrue(try hash(rewriting: size - 1).unchanged, "the tail is read only at the end")
+        // Without keeping gaps (one process: nothing rewrites them) the answer is always yes.
+        let plain = WrittenFileHasher(fd: fd, path: path)
+        plain.appendWritten(0..<size)
+        XCTAssertTrue(try plain.gapsUnchanged())
+        XCTAssertEqual(try plain.finish(size: size), expected)
+    }
+
     /// Frame sums are exact at the extremes: full-scale 16-bit frames of 256×256 pixels (the largest
     /// summed in 32 bits) and of 257×256 (summed in 64 bits), and 8-bit, signed and float frames.
     func testFrameSumsAreExactAtFullScale() {
