@@ -186,11 +186,15 @@ public enum ParallelStackWriter {
             // file fills front to back, and rank 0 hashes each round as soon as all ranks have written
             // it, instead of the whole file after it is closed (serial, as long as the write itself).
             let oneNode = comm.usesMPI && comm.size > 1 && comm.sharesOneNode()
-            let dealing = comm.max(comm.isRoot && oneNode && layout != nil ? 1 : 0) == 1
+            // (The metadata between the chunks is kept in memory until it is checked after close.)
+            let dealing = comm.max(comm.isRoot && oneNode && (layout?.metadataBytes ?? .max) <= 64 << 20 ? 1 : 0) == 1
+            let budget: Int
+            // Dealt steps are small: the last round is hashed after the others are written.
+            if dealing { budget = min(options.bufferBytes, 16 << 20) }
             // One process compressing bitshuffle+LZ4 itself works in steps small enough that the frames
             // are still in the cache when compressed (from memory, the bit transposition cost 3× more).
-            // Dealt steps are smaller too: the last round is hashed after the others are written.
-            let budget = !comm.usesMPI && options.compression == .bitshuffleLZ4 || dealing ? min(options.bufferBytes, dealing ? 16 << 20 : 4 << 20) : options.bufferBytes
+            else if !comm.usesMPI && options.compression == .bitshuffleLZ4 { budget = min(options.bufferBytes, 4 << 20) }
+            else { budget = options.bufferBytes }
             let dealt = dealing ? steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget) : []
             let plan = dealing ? stride(from: comm.rank, to: dealt.count, by: comm.size).map { dealt[$0] }
                 : rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget)

@@ -44,6 +44,12 @@ struct PreallocatedLayout {
         return PreallocatedLayout(extents: extents, frameChunks: frames.count, framesPerChunk: k, summaryChunkRows: summary.chunks[0])
     }
 
+    /// Bytes before the last frame chunk that are not frame chunks (HDF5's metadata, alignment padding).
+    var metadataBytes: Int {
+        guard frameChunks > 0 else { return 0 }
+        return extents[0].offset + (1..<frameChunks).reduce(0) { $0 + extents[$1].offset - end(of: $1 - 1) }
+    }
+
     /// The end of extent `i`.
     func end(of i: Int) -> Int { extents[i].offset + extents[i].length }
 
@@ -269,4 +275,3 @@ final class StepReader {
     /// Waits for a read in flight.
     func finish() { pending?.wait(); pending = nil }
 }
-

@@ -162,6 +162,7 @@ final class ParallelPlanTests: XCTestCase {
         XCTAssertEqual(l.runs(0..<5, limit: 2), [0..<2, 2..<3, 3..<5])
         XCTAssertEqual(l.runs(2..<2), [])
         XCTAssertEqual(l.end(of: 4), 220)
+        XCTAssertEqual(l.metadataBytes, 100 + 70, "the head and the gap between 130 and 200")
     }
 
     /// Rank 0's hash of a file that the ranks write: written ranges read back (mapped when large, read
