@@ -126,7 +126,8 @@ public enum ParallelStackWriter {
     /// `late()` runs on rank 0 after the frames are written (e.g. waits for the input's checksum) and
     /// returns fields (path under the entry → string) that every rank then writes. Without it, one
     /// process writing uncompressed frames fills HDF5's reserved chunks itself and hashes the file as
-    /// it goes (`PreallocatedLayout`).
+    /// it goes (`PreallocatedLayout`), and several ranks on one node take the steps in turns while
+    /// rank 0 hashes each finished round (`checksum` then runs only if HDF5 rewrote hashed metadata).
     public static func write(_ doc: NXemDocument, source: FrameSource, to path: String, communicator comm: Communicator,
                              options: Options, late: (() throws -> [String: String])? = nil,
                              checksum: @escaping (String) throws -> String,
