@@ -20,7 +20,8 @@ let cModules: [Target] = [
 
 // MARK: - Libraries
 let libraries: [Target] = [
-    // Bitshuffle's bit transposition with AVX2, in C for its vector intrinsics (no library to link).
+    // Bitshuffle+LZ4 chunks with a vector bit transposition (AVX-512 + GFNI or AVX2) and the HDF5
+    // filter function that uses it, in C for the intrinsics (LZ4 comes from the plugin's liblz4).
     .target(name: "CBitshuffle", path: "Sources/CBitshuffle"),
     .target(name: "POSIXFiles", exclude: ["README.md"]),
     .target(name: "Checksums", dependencies: ["CCrypto", "POSIXFiles"], exclude: ["README.md"]),

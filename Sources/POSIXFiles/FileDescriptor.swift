@@ -130,8 +130,6 @@ public struct FileDescriptor: ~Copyable {
         }
     }
 
-    /// Reserves `size` bytes on disk up front, so a large download fails at once on a full file system
-    /// rather than after hours; file systems without fallocate (some network ones) just get the size.
     /// Reserves `size` bytes for the file (it reads as zeros until written), so a large download
     /// fails at once when the space is not there and lands in few extents. Uses Linux `fallocate`,
     /// never glibc's `posix_fallocate`: where the file system cannot reserve (CephFS, NFS) that one

@@ -81,6 +81,7 @@ final class WrittenFileHasher: @unchecked Sendable {
     private var kept: [(offset: Int, bytes: [UInt8])] = []
     /// Pieces read from the file are hashed while still in the CPU's cache.
     private static let piece = 256 << 10
+    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: WrittenFileHasher.piece, alignment: 64)
 
     init(fd: Int32, path: String, keepGaps: Bool = false) { self.fd = fd; self.path = path; self.keepGaps = keepGaps }
@@ -115,9 +116,8 @@ final class WrittenFileHasher: @unchecked Sendable {
         let result: Result<Bool, POSIXFileError> = queue.sync {
             if let error { return .failure(error) }
             do throws(POSIXFileError) {
-                for (offset, bytes) in kept {
-                    let now = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 64)
-                    defer { now.deallocate() }
+                for (offset, bytes) in kept {  // each at most one piece long
+                    let now = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes.count])
                     try FileDescriptor.readFull(fd, path: path, into: now, at: Int64(offset))
                     if !bytes.elementsEqual(now) { return .success(false) }
                 }
@@ -143,7 +143,7 @@ final class WrittenFileHasher: @unchecked Sendable {
     private func fromFile(upTo end: Int, gap: Bool) throws(POSIXFileError) {
         // Written ranges of some size are hashed straight from the page cache, without a copy.
         if !gap && end - position >= 1 << 20 {
-            let page = Int(sysconf(Int32(_SC_PAGESIZE))), start = position / page * page
+            let start = position / Self.pageSize * Self.pageSize
             if let m = mmap(nil, end - start, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, off_t(start)), m != MAP_FAILED {
                 sha!.update(UnsafeRawBufferPointer(start: m + (position - start), count: end - position))
                 munmap(m, end - start)
