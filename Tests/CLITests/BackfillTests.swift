@@ -256,9 +256,15 @@ final class BackfillTests: XCTestCase {
             next = l?["jobID"] as? String ?? ""
             return !next.isEmpty && next != entry["jobID"] as? String
         })
-        let q = try ProcessRunner.run("/usr/bin/squeue", ["--noheader", "--jobs=\(next)", "--format=%j|%T|%r|%S"], environment: env)
-        XCTAssertTrue(q.stdout.contains("emflow-schedule-\(name)|PENDING|BeginTime|"), q.combined)
-        XCTAssertTrue(q.stdout.contains("T03:00:00"), q.stdout)
+        // While this occurrence's job is still ending, --dependency=singleton holds the next one
+        // (reason Dependency); once it has left the queue, the next one waits on its begin time.
+        var line = ""
+        XCTAssertTrue(waitFor(60) {
+            line = (try? ProcessRunner.run("/usr/bin/squeue", ["--noheader", "--jobs=\(next)", "--format=%j|%T|%r|%S"], environment: env))?.stdout ?? ""
+            XCTAssertTrue(line.contains("emflow-schedule-\(name)|PENDING|BeginTime|") || line.contains("emflow-schedule-\(name)|PENDING|Dependency|"), line)
+            return line.contains("|BeginTime|")
+        }, line)
+        XCTAssertTrue(line.contains("T03:00:00"), line)
         let rm = try emflow(["schedule", "remove", name, "--spec", spec], env: env)
         XCTAssertEqual(rm.status, 0, rm.combined)
         let gone = try ProcessRunner.run("/usr/bin/squeue", ["--noheader", "--name=emflow-schedule-\(name)", "--states=PENDING"], environment: env)
