@@ -5,6 +5,12 @@
 #include <hdf5.h>
 #include <mpi.h>
 #include <string.h>
+#include <stdlib.h>
+#include <dirent.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 
@@ -74,18 +80,60 @@ static inline int emflow_mpi_init(void) {
     int provided = 0;
     return MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
 }
+// TCP_NODELAY on every TCP socket of this process (Communicator.sendSmallMessagesAtOnce says why).
+static inline int emflow_tcp_nodelay_all(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end; long fd = strtol(e->d_name, &end, 10);
+        if (*end != 0 || fd < 0 || fd == dirfd(d)) continue;
+        int type = 0, domain = 0; socklen_t l = sizeof type;
+        if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM) continue;
+        l = sizeof domain;
+        if (getsockopt((int)fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) != 0 || (domain != AF_INET && domain != AF_INET6)) continue;
+        int one = 1;
+        if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0) n++;
+    }
+    closedir(d);
+    return n;
+}
 static inline int emflow_mpi_finalize(void) {
     int init = 0, fin = 0; MPI_Initialized(&init); MPI_Finalized(&fin);
-    return (init && !fin) ? MPI_Finalize() : MPI_SUCCESS;
+    if (!init || fin) return MPI_SUCCESS;
+    emflow_tcp_nodelay_all();
+    return MPI_Finalize();
 }
 static inline int emflow_mpi_rank(void) { int r = 0; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
 static inline int emflow_mpi_size(void) { int n = 1; MPI_Comm_size(MPI_COMM_WORLD, &n); return n; }
-static inline int emflow_mpi_bcast_bytes(void *buf, int count, int root) { return MPI_Bcast(buf, count, MPI_BYTE, root, MPI_COMM_WORLD); }
-static inline int emflow_mpi_allreduce_min_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD); }
-static inline int emflow_mpi_allreduce_max_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD); }
-static inline int emflow_mpi_allreduce_sum_i64(long long in, long long *out) { return MPI_Allreduce(&in, out, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD); }
-static inline int emflow_mpi_allreduce_sum_f64(double *inout, int count) { return MPI_Allreduce(MPI_IN_PLACE, inout, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD); }
-static inline int emflow_mpi_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
+// A rank often waits on another that is still busy (rank 0 creating the file, hashing it, closing
+// it). MPI's blocking calls wait by polling, a core at full speed each; these start the nonblocking
+// collective and wait asleep after a short poll, so the waiting rank leaves its core to the one it
+// waits on. The sleep grows from 10 µs to 1 ms: a short wait costs little latency, a long one little CPU.
+static inline int emflow_mpi_wait_asleep(MPI_Request *r) {
+    int done = 0;
+    for (int i = 0; i < 32; i++) {
+        int rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS || done) return rc;
+    }
+    long ns = 10000;
+    for (;;) {
+        struct timespec ts = { 0, ns };
+        nanosleep(&ts, NULL);
+        int rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS || done) return rc;
+        if (ns < 1000000) ns *= 2;
+    }
+}
+#define EMFLOW_MPI_ASLEEP(start) do { MPI_Request r_; int rc_ = (start); return rc_ == MPI_SUCCESS ? emflow_mpi_wait_asleep(&r_) : rc_; } while (0)
+static inline int emflow_mpi_bcast_bytes(void *buf, int count, int root) { EMFLOW_MPI_ASLEEP(MPI_Ibcast(buf, count, MPI_BYTE, root, MPI_COMM_WORLD, &r_)); }
+static inline int emflow_mpi_allreduce_i64(long long in, long long *out, MPI_Op op) { EMFLOW_MPI_ASLEEP(MPI_Iallreduce(&in, out, 1, MPI_LONG_LONG, op, MPI_COMM_WORLD, &r_)); }
+static inline int emflow_mpi_allreduce_min_i64(long long in, long long *out) { return emflow_mpi_allreduce_i64(in, out, MPI_MIN); }
+static inline int emflow_mpi_allreduce_max_i64(long long in, long long *out) { return emflow_mpi_allreduce_i64(in, out, MPI_MAX); }
+static inline int emflow_mpi_allreduce_sum_i64(long long in, long long *out) { return emflow_mpi_allreduce_i64(in, out, MPI_SUM); }
+static inline int emflow_mpi_allreduce_sum_f64(double *inout, int count) { EMFLOW_MPI_ASLEEP(MPI_Iallreduce(MPI_IN_PLACE, inout, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &r_)); }
+static inline int emflow_mpi_barrier(void) { EMFLOW_MPI_ASLEEP(MPI_Ibarrier(MPI_COMM_WORLD, &r_)); }
 // How many ranks of the world share this rank's node (memory, and so the page cache).
 static inline int emflow_mpi_node_size(void) {
     MPI_Comm node; int n = 0;
