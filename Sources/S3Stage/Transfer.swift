@@ -223,8 +223,9 @@ extension S3Client {
 
     /// Uploads the file at `path` as `bucket/key` with `x-amz-meta-sha256`. Small files go in one PUT
     /// whose SHA-256 the server verifies; large ones as a multipart upload with parallel parts (each
-    /// verified by the server against its SHA-256), aborted on failure so no half object is ever visible. When `sha256`
-    /// is given, the file is checked against it while it is read, and the upload aborted on mismatch.
+    /// verified by the server against its SHA-256), aborted on failure so no half object is ever
+    /// visible. When `sha256` is given, the file is checked against it while it is read, and the
+    /// upload aborted on mismatch.
     /// `progress` gets the bytes sent; `hashing` the bytes read for the SHA-256 before a multipart
     /// upload can start (a minute for 100 GB), so that a progress line does not look stuck.
     @discardableResult
