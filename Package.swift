@@ -30,7 +30,7 @@ let libraries: [Target] = [
     .target(name: "EMFormats", dependencies: ["CTIFF", "POSIXFiles", .product(name: "Yams", package: "Yams")], exclude: ["README.md"]),
     .target(name: "S3Stage", dependencies: ["CCurl", "Checksums", "POSIXFiles"], exclude: ["README.md"]),
     .target(name: "ParallelNexus", dependencies: ["CHDF5", "CBitshuffle", "POSIXFiles", "EMFormats", "Checksums"], exclude: ["README.md"]),
-    .target(name: "SlurmAdapter", dependencies: [], exclude: ["README.md"]),
+    .target(name: "SlurmAdapter", dependencies: ["POSIXFiles"], exclude: ["README.md"]),
     .target(name: "Engine", dependencies: ["WorkflowSpec", "Catalog", "Checksums", "POSIXFiles", "EMFormats", "ParallelNexus", "S3Stage", "SlurmAdapter"], exclude: ["README.md"]),
 ]
 
@@ -44,7 +44,7 @@ let executables: [Target] = [
 
 // MARK: - Tests
 let tests: [Target] = [
-    .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport"),
+    .target(name: "TestSupport", dependencies: ["POSIXFiles"], path: "Tests/TestSupport"),
     .testTarget(name: "ChecksumsTests", dependencies: ["Checksums", "POSIXFiles", "TestSupport"]),
     .testTarget(name: "WorkflowSpecTests", dependencies: ["WorkflowSpec", "TestSupport"]),
     .testTarget(name: "EMFormatsTests", dependencies: ["EMFormats", "Checksums", "TestSupport"]),

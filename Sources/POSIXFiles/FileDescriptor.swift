@@ -58,7 +58,8 @@ public struct FileDescriptor: ~Copyable {
     public let rawValue: Int32
     public let path: String
 
-    public enum Mode: Sendable { case read, createExclusive(permissions: mode_t), writeExisting }
+    /// `sharedLog`: created or emptied, and every write goes to the end (children writing to it too).
+    public enum Mode: Sendable { case read, createExclusive(permissions: mode_t), writeExisting, sharedLog(permissions: mode_t) }
 
     public init(path: String, mode: Mode) throws(POSIXFileError) {
         let fd: Int32
@@ -69,6 +70,8 @@ public struct FileDescriptor: ~Copyable {
             fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, perms) }
         case .writeExisting:
             fd = retryingEINTR { open(path, O_WRONLY | O_CLOEXEC) }
+        case .sharedLog(let perms):
+            fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, perms) }
         }
         guard fd >= 0 else { throw POSIXFileError("open", path: path, errno: errno) }
         self.rawValue = fd
@@ -204,7 +207,7 @@ public struct FileStatus: Sendable, Equatable {
 }
 
 /// A C library function that Swift's Glibc module does not declare, looked up once.
-private func libcFunction<F>(_ name: String, as type: F.Type) -> F? {
+func libcFunction<F>(_ name: String, as type: F.Type) -> F? {
     dlsym(UnsafeMutableRawPointer(bitPattern: 0), name).map { unsafeBitCast($0, to: type) }
 }
 

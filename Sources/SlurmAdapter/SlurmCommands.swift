@@ -1,4 +1,5 @@
 import Foundation
+import POSIXFiles
 
 /// A Slurm command failed (after retries when the controller did not answer).
 public struct SlurmError: Error, CustomStringConvertible, Sendable {
@@ -41,36 +42,18 @@ public struct SlurmCommands: Sendable {
 
     /// Runs `tool args` once, capturing its output.
     public func runOnce(_ tool: String, _ args: [String], stdin: String? = nil) throws(SlurmError) -> CommandOutput {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [tool] + args
-        if let environment { p.environment = environment }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        let inPipe = stdin.map { _ in Pipe() }
-        p.standardInput = inPipe ?? FileHandle.nullDevice
-        do { try p.run() } catch {
+        let r: Subprocess.Result
+        do { r = try Subprocess.run("/usr/bin/env", [tool] + args, environment: environment, input: stdin.map { Array($0.utf8) }) }
+        catch {
             throw SlurmError(command: tool, status: 127, message: "cannot start: \(error)",
                              hint: "is Slurm's client installed and on PATH? (module load slurm)")
         }
-        if let inPipe, let stdin {
-            inPipe.fileHandleForWriting.write(Data(stdin.utf8))
-            try? inPipe.fileHandleForWriting.close()
-        }
-        // Read both pipes to the end before waiting, so a large listing cannot block the child.
-        let errBox = DataBox()
-        let errRead = DispatchSemaphore(value: 0)
-        Thread { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); errRead.signal() }.start()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        errRead.wait()
-        p.waitUntilExit()
-        let stderr = String(decoding: errBox.data, as: UTF8.self)
-        if p.terminationReason == .uncaughtSignal || (p.terminationStatus == 127 && stderr.contains("No such file")) {
-            throw SlurmError(command: tool, status: p.terminationStatus, message: stderr.trimmingCharacters(in: .whitespacesAndNewlines),
+        let stderr = String(decoding: r.stderr, as: UTF8.self)
+        if r.signaled || (r.status == 127 && stderr.contains("No such file")) {
+            throw SlurmError(command: tool, status: r.status, message: stderr.trimmingCharacters(in: .whitespacesAndNewlines),
                              hint: "is Slurm's client installed and on PATH? (module load slurm)")
         }
-        return CommandOutput(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: stderr)
+        return CommandOutput(status: r.status, stdout: String(decoding: r.stdout, as: UTF8.self), stderr: stderr)
     }
 
     /// Runs `tool args`, retrying with backoff (1, 2, 4 … 30 s, up to `patience`) while the
@@ -179,6 +162,3 @@ public struct SlurmConfig: Sendable {
     /// Seconds a finished job stays visible to squeue.
     public var minJobAge: Int { values["MinJobAge"].flatMap { Int($0.split(separator: " ").first ?? "") } ?? 300 }
 }
-
-/// The stderr bytes a reader thread hands over; the semaphore orders the write before the read.
-final class DataBox: @unchecked Sendable { var data = Data() }

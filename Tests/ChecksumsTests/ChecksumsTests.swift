@@ -115,4 +115,63 @@ final class ChecksumsTests: XCTestCase {
         XCTAssertEqual(Path.relative("/r/a/b", to: "/r"), "a/b")
         XCTAssertNil(Path.relative("/ra/b", to: "/r"))
     }
+
+    /// Subprocess (POSIXFiles) replaces Foundation's Process, whose waitUntilExit on the main thread
+    /// (XCTest's) wakes only every 50 ms.
+    func testSubprocessCapturesFeedsAndReapsAChildPromptly() throws {
+        // Output and status, each stream on its own.
+        let r = try Subprocess.run("/bin/sh", ["-c", "printf out; printf err >&2; exit 3"])
+        XCTAssertEqual(String(decoding: r.stdout, as: UTF8.self), "out")
+        XCTAssertEqual(String(decoding: r.stderr, as: UTF8.self), "err")
+        XCTAssertEqual(r.status, 3)
+        XCTAssertFalse(r.signaled || r.succeeded)
+        // 4 MiB in and the same 4 MiB out at once: neither pipe may fill up and stop the other.
+        let input = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) }
+        let echoed = try Subprocess.run("/bin/cat", [], input: input)
+        XCTAssertTrue(echoed.succeeded)
+        XCTAssertEqual(echoed.stdout.count, input.count)
+        XCTAssertTrue(echoed.stdout == input)
+        // A child that exits without reading its input does not take this process down with SIGPIPE.
+        XCTAssertEqual(try Subprocess.run("/bin/true", [], input: input).status, 0)
+        // A signal ends it: reported as the signal.
+        let killed = try Subprocess.run("/bin/sh", ["-c", "kill -TERM $$; sleep 5"])
+        XCTAssertTrue(killed.signaled)
+        XCTAssertEqual(killed.status, SIGTERM)
+        // Environment and working directory as given.
+        let env = try Subprocess.run("/bin/sh", ["-c", "echo \"$EMFLOW_TEST_VALUE\"; pwd"], environment: ["EMFLOW_TEST_VALUE": "a b", "PATH": "/usr/bin:/bin"], directory: "/usr")
+        XCTAssertEqual(String(decoding: env.stdout, as: UTF8.self), "a b\n/usr\n")
+
+        // The child starts clean: SIGPIPE at its default even where this process ignores it, its own
+        // process group, and none of this process's descriptors.
+        let previous = signal(SIGPIPE, SIG_IGN)
+        defer { signal(SIGPIPE, previous) }
+        let inheritable = open("/dev/null", O_RDONLY)  // no O_CLOEXEC
+        defer { close(inheritable) }
+        XCTAssertGreaterThan(inheritable, 2)
+        let state = try Subprocess.run("/bin/sh", ["-c", "grep SigIgn /proc/$$/status; cut -d' ' -f1,5 /proc/$$/stat; readlink /proc/$$/fd/\(inheritable) || echo closed"])
+        let lines = String(decoding: state.stdout, as: UTF8.self).split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 3, "\(lines)")
+        let ignored = UInt64(lines[0].split(separator: "\t").last ?? "", radix: 16) ?? .max
+        XCTAssertEqual(ignored & (1 << (UInt64(SIGPIPE) - 1)), 0, lines[0])
+        let ids = lines[1].split(separator: " ")
+        XCTAssertEqual(ids.count, 2)
+        XCTAssertEqual(ids.first, ids.last, "pid and process group: \(lines[1])")
+        XCTAssertNotEqual(String(ids[0]), String(getpgrp()))
+        XCTAssertEqual(lines[2], "closed")
+
+        // A child that runs 10 ms is back in well under Process's 50 ms step (median of 5 runs).
+        let times = try (0..<5).map { _ -> Double in
+            var t0 = timespec(), t1 = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            XCTAssertTrue(try Subprocess.run("/bin/sleep", ["0.01"]).succeeded)
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+            return Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) / 1e9
+        }.sorted()
+        XCTAssertLessThan(times[2], 0.040, "\(times)")
+
+        XCTAssertThrowsError(try Subprocess.run("/nonexistent/tool", [])) { e in
+            XCTAssertEqual((e as? POSIXFileError)?.errno, ENOENT, "\(e)")
+            XCTAssertTrue("\(e)".contains("/nonexistent/tool"), "\(e)")
+        }
+    }
 }
