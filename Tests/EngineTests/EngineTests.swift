@@ -187,7 +187,10 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(local["OMPI_MCA_pml"], "ob1")
         XCTAssertEqual(local["OMPI_MCA_btl"], "self,vader")
         XCTAssertEqual(local["OMPI_MCA_mpi_yield_when_idle"], "1")
+        XCTAssertEqual(local["HWLOC_COMPONENTS"], "-linuxio,-pci")
         XCTAssertEqual(local["PATH"], "/usr/bin")
+        // hwloc's own setting stands too; with a network transport chosen, NIC placement matters.
+        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["HWLOC_COMPONENTS": "-pci"])["HWLOC_COMPONENTS"], "-pci")
         // The user's or site's choice stands, whichever of the two it names.
         let yielding = ["OMPI_MCA_mpi_yield_when_idle": "1"]
         XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_btl": "self,tcp"]), ["OMPI_MCA_btl": "self,tcp"].merging(yielding) { a, _ in a })
