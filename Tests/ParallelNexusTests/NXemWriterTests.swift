@@ -54,6 +54,35 @@ final class NXemWriterTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["a.nxs"])
     }
 
+    /// Fields are written with a 64 KiB type-conversion buffer (HDF5's default of 1 MiB cost ~1 ms
+    /// per string): values larger than that go through it in pieces and must still arrive whole.
+    func testFieldsLargerThanTheConversionBufferRoundTrip() throws {
+        let dir = TempDir("nxw"); defer { dir.cleanup() }
+        let path = dir.file("big.h5")
+        let long = String((0..<300_000).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) }) + "é"
+        let many = (0..<20_000).map { "item \($0)" }
+        let numbers = (0..<100_000).map { Double($0) * 0.5 }
+        try HDF5Library.serialized { () throws in
+            let f = try HDF5File.create(path: path)
+            try f.write("/long", .string(long))
+            try f.write("/many", .strings(many))
+            try f.write("/numbers", .doubles(numbers))
+            try f.write("/flag", .bool(true))
+            try f.close()
+        }
+        let out = try NexusValidator.runPython("""
+            import h5py, sys
+            with h5py.File(sys.argv[1], "r") as f:
+                s = f["long"][()].decode()
+                m = [x.decode() for x in f["many"][()]]
+                n = f["numbers"][()]
+                same = s == "".join(chr(97 + i % 26) for i in range(300000)) + "é"
+                print(len(s), same, len(m), m[0], m[-1], len(n), n[-1], bool(f["flag"][()]))
+            """, [path])
+        let expected = "300001 True 20000 item 0 item 19999 100000 49999.5 True"
+        XCTAssertEqual(out.trimmingCharacters(in: .whitespacesAndNewlines), expected)
+    }
+
     func testValidatorCatchesABrokenFile() throws {
         let dir = TempDir("nxw"); defer { dir.cleanup() }
         var doc = minimalDocument()
