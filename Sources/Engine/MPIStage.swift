@@ -50,20 +50,26 @@ public enum MPIStages {
     /// and keeps the site's choice. Other MPI implementations ignore these variables.
     /// With no network transport in use, hwloc also skips the I/O devices (`HWLOC_COMPONENTS`):
     /// mpirun and every rank otherwise read each PCI device's config space, which only places NICs
-    /// and GPUs, and costs 25–40 ms per launch where those reads trap to a hypervisor.
+    /// and GPUs, and costs 25–40 ms per launch where those reads trap to a hypervisor. And PMIx keeps
+    /// the job's data in a table it sends each rank (`PMIX_MCA_gds=hash`) instead of first zeroing a
+    /// shared-memory store sized for many ranks per node (~10 ms per launch).
     /// Waiting ranks also yield the core (`mpi_yield_when_idle`): each rank runs helper threads (the
     /// frame reader; on rank 0 the output's hash) that a rank spinning in a collective would starve.
+    /// A variable the user or site set is never replaced.
     static func launchEnvironment(_ launcher: Launcher, _ base: [String: String]) -> [String: String] {
         var env = base
         guard launcher == .mpirun else { return env }
+        var defaults = ["OMPI_MCA_mpi_yield_when_idle": "1"]
         if base["OMPI_MCA_pml"] == nil, base["OMPI_MCA_btl"] == nil {
-            env["OMPI_MCA_pml"] = "ob1"
-            env["OMPI_MCA_btl"] = "self,vader"
-            if base["HWLOC_COMPONENTS"] == nil { env["HWLOC_COMPONENTS"] = "-linuxio,-pci" }
+            defaults.merge(oneHostDefaults) { a, _ in a }
         }
-        if base["OMPI_MCA_mpi_yield_when_idle"] == nil { env["OMPI_MCA_mpi_yield_when_idle"] = "1" }
+        for (k, v) in defaults where base[k] == nil { env[k] = v }
         return env
     }
+
+    /// What a local mpirun gets where the user chose no transport, in the order the log shows them.
+    static let oneHostOrder = ["OMPI_MCA_pml", "OMPI_MCA_btl", "HWLOC_COMPONENTS", "PMIX_MCA_gds", "OMPI_MCA_mpi_yield_when_idle"]
+    static let oneHostDefaults = ["OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader", "HWLOC_COMPONENTS": "-linuxio,-pci", "PMIX_MCA_gds": "hash"]
 
     /// What `emflow worker --mpi-task` reads.
     struct Envelope: Codable { var task: TaskInput; var specFile: String }
@@ -102,7 +108,9 @@ public enum MPIStages {
             outcome = Outcome(partial: nil, error: "\(error)", retryable: false)
         }
         if comm.isRoot {
-            do { try AtomicFile.write(Array(try JSONEncoder().encode(outcome)), to: taskFile + ".result") }
+            // A message to the launching worker, read as soon as mpirun exits: atomic, not fsynced
+            // (5 ms); what must survive a crash is the output (fsynced) and the catalog's record.
+            do { try AtomicFile.write(Array(try JSONEncoder().encode(outcome)), to: taskFile + ".result", durable: false) }
             catch { throw .input("cannot write \(taskFile).result: \(error)") }
         }
         return outcome.error == nil
@@ -137,10 +145,10 @@ struct LaunchedStage: Stage {
         var env = MPIStages.launchEnvironment(launcher, ProcessInfo.processInfo.environment)
         if getuid() == 0 { env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1" }
         var header = "launch: " + args.joined(separator: " ") + "\n"
-        let chosen = ["OMPI_MCA_pml", "OMPI_MCA_btl", "HWLOC_COMPONENTS", "OMPI_MCA_mpi_yield_when_idle"].filter { env[$0] != ProcessInfo.processInfo.environment[$0] }
+        let chosen = MPIStages.oneHostOrder.filter { env[$0] != ProcessInfo.processInfo.environment[$0] }
         if !chosen.isEmpty {
             header += "environment: " + chosen.map { "\($0)=\(env[$0]!)" }.joined(separator: " ")
-                + " (ranks on this host talk through shared memory, skip the I/O devices' topology and yield the core while they wait; set these variables to choose otherwise)\n"
+                + " (ranks on this host talk through shared memory, skip the I/O devices' topology, get the job's data without a shared store and yield the core while they wait; set these variables to choose otherwise)\n"
         }
         let log: FileDescriptor
         do throws(POSIXFileError) { log = try FileDescriptor(path: logFile, mode: .sharedLog(permissions: 0o644)) }

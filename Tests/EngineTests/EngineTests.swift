@@ -188,10 +188,13 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(local["OMPI_MCA_btl"], "self,vader")
         XCTAssertEqual(local["OMPI_MCA_mpi_yield_when_idle"], "1")
         XCTAssertEqual(local["HWLOC_COMPONENTS"], "-linuxio,-pci")
+        XCTAssertEqual(local["PMIX_MCA_gds"], "hash")
         XCTAssertEqual(local["PATH"], "/usr/bin")
-        // hwloc's own setting stands too; with a network transport chosen, NIC placement matters.
+        // hwloc's and PMIx's own settings stand too.
         XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["HWLOC_COMPONENTS": "-pci"])["HWLOC_COMPONENTS"], "-pci")
-        // The user's or site's choice stands, whichever of the two it names.
+        XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["PMIX_MCA_gds": "ds21"])["PMIX_MCA_gds"], "ds21")
+        // The user's or site's transport stands, whichever of the two it names, and then nothing but
+        // the yielding is chosen (with a network transport, the NICs' placement matters).
         let yielding = ["OMPI_MCA_mpi_yield_when_idle": "1"]
         XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_btl": "self,tcp"]), ["OMPI_MCA_btl": "self,tcp"].merging(yielding) { a, _ in a })
         XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["OMPI_MCA_pml": "ucx"]), ["OMPI_MCA_pml": "ucx"].merging(yielding) { a, _ in a })
