@@ -48,11 +48,12 @@ public enum MPIStages {
     /// Open MPI 4 probes UCX and the network transports in `MPI_Init`, 0.2 s per launch on a job that
     /// may last a second, for ranks that can only talk through memory anyway. `srun` may span nodes
     /// and keeps the site's choice. Other MPI implementations ignore these variables.
-    /// With no network transport in use, hwloc also skips the I/O devices (`HWLOC_COMPONENTS`):
-    /// mpirun and every rank otherwise read each PCI device's config space, which only places NICs
-    /// and GPUs, and costs 25–40 ms per launch where those reads trap to a hypervisor. And PMIx keeps
-    /// the job's data in a table it sends each rank (`PMIX_MCA_gds=hash`) instead of first zeroing a
-    /// shared-memory store sized for many ranks per node (~10 ms per launch).
+    /// With no network transport in use, hwloc also skips the I/O devices (`HWLOC_COMPONENTS`) and
+    /// does not load their plugins (`HWLOC_PLUGINS_BLACKLIST`): mpirun and every rank otherwise read
+    /// each PCI device's config space, which only places NICs and GPUs, and costs 25–40 ms per launch
+    /// where those reads trap to a hypervisor. And PMIx keeps the job's data in a table it sends each
+    /// rank (`PMIX_MCA_gds=hash`) instead of first zeroing a shared-memory store sized for many ranks
+    /// per node (~10 ms per launch).
     /// Waiting ranks also yield the core (`mpi_yield_when_idle`): each rank runs helper threads (the
     /// frame reader; on rank 0 the output's hash) that a rank spinning in a collective would starve.
     /// A variable the user or site set is never replaced.
@@ -68,8 +69,12 @@ public enum MPIStages {
     }
 
     /// What a local mpirun gets where the user chose no transport, in the order the log shows them.
-    static let oneHostOrder = ["OMPI_MCA_pml", "OMPI_MCA_btl", "HWLOC_COMPONENTS", "PMIX_MCA_gds", "OMPI_MCA_mpi_yield_when_idle"]
-    static let oneHostDefaults = ["OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader", "HWLOC_COMPONENTS": "-linuxio,-pci", "PMIX_MCA_gds": "hash"]
+    static let oneHostOrder = ["OMPI_MCA_pml", "OMPI_MCA_btl", "HWLOC_COMPONENTS", "HWLOC_PLUGINS_BLACKLIST", "PMIX_MCA_gds", "OMPI_MCA_mpi_yield_when_idle"]
+    static let oneHostDefaults = ["OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader", "HWLOC_COMPONENTS": "-linuxio,-pci",
+                                  "HWLOC_PLUGINS_BLACKLIST": ioPlugins, "PMIX_MCA_gds": "hash"]
+    /// hwloc's plugins for I/O devices (and libxml2 for XML, which hwloc also parses without it):
+    /// loading them maps X11, OpenCL and libxml2 into every process, ~5 ms per launch.
+    static let ioPlugins = ["hwloc_pci", "hwloc_opencl", "hwloc_cuda", "hwloc_nvml", "hwloc_rsmi", "hwloc_levelzero", "hwloc_gl", "hwloc_xml_libxml"].joined(separator: ",")
 
     /// What `emflow worker --mpi-task` reads.
     struct Envelope: Codable { var task: TaskInput; var specFile: String }

@@ -189,6 +189,7 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(local["OMPI_MCA_mpi_yield_when_idle"], "1")
         XCTAssertEqual(local["HWLOC_COMPONENTS"], "-linuxio,-pci")
         XCTAssertEqual(local["PMIX_MCA_gds"], "hash")
+        XCTAssertEqual(local["HWLOC_PLUGINS_BLACKLIST"]?.split(separator: ",").contains("hwloc_pci"), true)
         XCTAssertEqual(local["PATH"], "/usr/bin")
         // hwloc's and PMIx's own settings stand too.
         XCTAssertEqual(MPIStages.launchEnvironment(.mpirun, ["HWLOC_COMPONENTS": "-pci"])["HWLOC_COMPONENTS"], "-pci")
