@@ -161,6 +161,7 @@ public enum Subprocess {
             for fd in finished { close(fd) }
             open.removeAll { finished.contains($0.fd) }
         }
+        for o in open { close(o.fd) }  // only after a failed poll
     }
 
     private static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
