@@ -60,18 +60,16 @@ public enum MPIStages {
     static func launchEnvironment(_ launcher: Launcher, _ base: [String: String]) -> [String: String] {
         var env = base
         guard launcher == .mpirun else { return env }
-        var defaults = ["OMPI_MCA_mpi_yield_when_idle": "1"]
-        if base["OMPI_MCA_pml"] == nil, base["OMPI_MCA_btl"] == nil {
-            defaults.merge(oneHostDefaults) { a, _ in a }
-        }
-        for (k, v) in defaults where base[k] == nil { env[k] = v }
+        let userChoseTransport = base["OMPI_MCA_pml"] != nil || base["OMPI_MCA_btl"] != nil
+        for (k, v) in launchDefaults where base[k] == nil && (!userChoseTransport || k == yieldVariable) { env[k] = v }
         return env
     }
 
-    /// What a local mpirun gets where the user chose no transport, in the order the log shows them.
-    static let oneHostOrder = ["OMPI_MCA_pml", "OMPI_MCA_btl", "HWLOC_COMPONENTS", "HWLOC_PLUGINS_BLACKLIST", "PMIX_MCA_gds", "OMPI_MCA_mpi_yield_when_idle"]
-    static let oneHostDefaults = ["OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader", "HWLOC_COMPONENTS": "-linuxio,-pci",
-                                  "HWLOC_PLUGINS_BLACKLIST": ioPlugins, "PMIX_MCA_gds": "hash"]
+    /// What a local mpirun gets, in the order the log shows them: all where the user chose no
+    /// transport, else only the yielding.
+    static let launchDefaults: [(String, String)] = [("OMPI_MCA_pml", "ob1"), ("OMPI_MCA_btl", "self,vader"), ("HWLOC_COMPONENTS", "-linuxio,-pci"),
+                                                     ("HWLOC_PLUGINS_BLACKLIST", ioPlugins), ("PMIX_MCA_gds", "hash"), (yieldVariable, "1")]
+    static let yieldVariable = "OMPI_MCA_mpi_yield_when_idle"
     /// hwloc's plugins for I/O devices (and libxml2 for XML, which hwloc also parses without it):
     /// loading them maps X11, OpenCL and libxml2 into every process, ~5 ms per launch.
     static let ioPlugins = ["hwloc_pci", "hwloc_opencl", "hwloc_cuda", "hwloc_nvml", "hwloc_rsmi", "hwloc_levelzero", "hwloc_gl", "hwloc_xml_libxml"].joined(separator: ",")
@@ -150,7 +148,7 @@ struct LaunchedStage: Stage {
         var env = MPIStages.launchEnvironment(launcher, ProcessInfo.processInfo.environment)
         if getuid() == 0 { env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1" }
         var header = "launch: " + args.joined(separator: " ") + "\n"
-        let chosen = MPIStages.oneHostOrder.filter { env[$0] != ProcessInfo.processInfo.environment[$0] }
+        let chosen = MPIStages.launchDefaults.map(\.0).filter { env[$0] != ProcessInfo.processInfo.environment[$0] }
         if !chosen.isEmpty {
             header += "environment: " + chosen.map { "\($0)=\(env[$0]!)" }.joined(separator: " ")
                 + " (ranks on this host talk through shared memory, skip the I/O devices' topology, get the job's data without a shared store and yield the core while they wait; set these variables to choose otherwise)\n"
