@@ -13,10 +13,33 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <linux/stat.h>
+#include <fcntl.h>
 
 // Starts writeback of a file's dirty pages without waiting (Linux sync_file_range, SYNC_FILE_RANGE_WRITE),
 // so a later fsync has little left to do.
 static inline int emflow_start_writeback(int fd) { return (int)syscall(SYS_sync_file_range, fd, (long)0, (long)0, 2); }
+
+// Whether `fd`'s file system takes direct I/O (O_DIRECT) on this file and with which alignment of the
+// memory and of file offsets/lengths (statx STATX_DIOALIGN, Linux 6.1+); -1 where it does not say
+// (older kernels, tmpfs, network file systems), and then emflow writes through the page cache.
+static inline int emflow_direct_io_alignment(int fd, unsigned *memory, unsigned *offset) {
+#ifdef STATX_DIOALIGN
+    struct statx s;
+    memset(&s, 0, sizeof s);
+    if (syscall(SYS_statx, fd, "", 0x1000 /* AT_EMPTY_PATH */, STATX_DIOALIGN, &s) != 0) return -1;
+    if (!(s.stx_mask & STATX_DIOALIGN) || s.stx_dio_offset_align == 0 || s.stx_dio_mem_align == 0) return -1;
+    *memory = s.stx_dio_mem_align;
+    *offset = s.stx_dio_offset_align;
+    return 0;
+#else
+    (void)fd; (void)memory; (void)offset;
+    return -1;
+#endif
+}
+
+// O_DIRECT (glibc names it only under _GNU_SOURCE; __O_DIRECT is the architecture's value).
+static inline int emflow_o_direct(void) { return __O_DIRECT; }
 
 // Where a chunk (by its first element's coordinates) lies in the file and how many bytes it holds;
 // -1 where HDF5 cannot say (older than 1.10.5, or the chunk is not allocated).

@@ -19,7 +19,24 @@ public enum ParallelStackWriter {
         public var alignment: Int? = 1 << 20
         /// Bytes of frames a rank holds per step (two steps when reads overlap writes).
         public var bufferBytes = 64 << 20
+        /// Whether frames may bypass the page cache where the file system takes direct I/O.
+        public var directIO = true
         public init() {}
+
+        /// Where HDF5 places the objects of a file whose stack chunks are `chunkBytes` long.
+        /// Uncompressed chunks smaller than the stripe and made of whole pages start on a page:
+        /// they can then be written with direct I/O, and none shares a page with HDF5's metadata.
+        /// A page, not a larger power of two: the space between two aligned objects is left empty
+        /// (at most a page per metadata block between the chunks), and HDF5 puts small objects
+        /// there, such as the summary image, which must come after the frames to be hashed in order.
+        /// Otherwise (chunks of a stripe or more, compressed ones, other sizes) objects at least a
+        /// stripe long start on a stripe.
+        public func placement(chunkBytes: Int) -> HDF5File.Alignment? {
+            guard let stripe = alignment, stripe > 1 else { return nil }
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            guard compression == .none, chunkBytes < stripe, chunkBytes % page == 0 else { return .stripe(stripe) }
+            return HDF5File.Alignment(threshold: chunkBytes, boundary: page)
+        }
     }
 
     public struct Outcome: Sendable, Codable {
@@ -34,6 +51,8 @@ public enum ParallelStackWriter {
         public var peakRSSRoot: Int64
         /// The frames went straight into chunks HDF5 had reserved, and the file was hashed as written.
         public var hashedWhileWriting = false
+        /// The frames went past the page cache (direct I/O).
+        public var directIO = false
     }
 
     /// One step of a rank: the box (rows y..<y+ny, columns x..<x+nx) of scan positions it writes.
@@ -159,7 +178,8 @@ public enum ParallelStackWriter {
             if comm.isRoot {
                 do {
                     try HDF5Library.serialized { () throws in
-                        let f = try HDF5File.create(path: tmp, alignment: options.alignment)
+                        let f = try HDF5File.create(path: tmp, alignment: options.placement(chunkBytes: options.chunkFrames * g.frameBytes),
+                                                    chunks: g.scanY * ((g.scanX + options.chunkFrames - 1) / options.chunkFrames))
                         file = f
                         try NXemWriter.build(doc, in: f, compression: options.compression, allocateEarly: true) { _, _ in }
                         // The chunks' places, for one process filling them itself or ranks dealing steps
@@ -181,7 +201,7 @@ public enum ParallelStackWriter {
                 file = try HDF5Library.serialized { () throws(ParallelNexusError) in
                     // Every rank compresses its own chunks through HDF5's filter: the faster one where it can.
                     if options.compression == .bitshuffleLZ4 { _ = BitshuffleLZ4.replacesHDF5Filter }
-                    return try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: options.alignment)
+                    return try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: options.placement(chunkBytes: options.chunkFrames * g.frameBytes))
                 }
             }
             catch { openError = error.message }

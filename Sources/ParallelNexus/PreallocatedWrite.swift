@@ -176,6 +176,7 @@ extension ParallelStackWriter {
         defer { close(readable) }
         let hasher = WrittenFileHasher(fd: readable, path: tmp)
         let k = layout.framesPerChunk, chunkBytes = k * g.frameBytes
+        let direct = DirectWriter(writable, path: tmp, enabled: options.directIO)
 
         // Three buffers (together the two of the other path): one being read, one written, one hashed.
         // A buffer is read into again only once its frames are hashed.
@@ -187,7 +188,8 @@ extension ParallelStackWriter {
         var sums = [Double](repeating: 0, count: g.scanY * g.scanX)
         // Writes of about 128 KiB: the hashing queue reads each piece right after it is written, while
         // it is still in the CPU's cache (64 MiB writes took twice as long here, mostly in the kernel).
-        let maxRun = max(1, (128 << 10) / chunkBytes)
+        // Direct writes leave the page cache (and the copy into it) out; they go in pieces of 4 MiB.
+        let maxRun = max(1, (direct.isOn ? 4 << 20 : 128 << 10) / chunkBytes)
         for (i, s) in plan.enumerated() {
             let buf = reader.take(i)
             if let error = buf.error { throw ParallelNexusError(path: tmp, message: error) }
@@ -199,14 +201,14 @@ extension ParallelStackWriter {
             for run in layout.runs(first..<last, limit: maxRun) {
                 let bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[((run.lowerBound - first) * chunkBytes)..<((run.upperBound - first) * chunkBytes)])
                 let at = layout.extents[run.lowerBound].offset
-                try FileDescriptor.writeAll(writable, path: tmp, bytes, at: Int64(at))
+                try direct.write(bytes, at: at)
                 let release = hashed[i], isLast = run.upperBound == last
                 hasher.append(bytes, at: at) { if isLast { release.signal() } }
             }
             for (j, v) in buf.sums.enumerated() { sums[frames.lowerBound + j] = v }
             progress(frames.count * g.frameBytes)
             // Start writing back what is written so far, so the final fsync has little left.
-            _ = emflow_start_writeback(writable)
+            if !direct.isOn { _ = emflow_start_writeback(writable) }
         }
         // The summary image, chunk by chunk (rows × scan x float64, the last chunk padded with zeros).
         let rows = layout.summaryChunkRows
@@ -227,7 +229,8 @@ extension ParallelStackWriter {
         profile(path, written: tWritten.timeIntervalSince(started), finished: Date().timeIntervalSince(tWritten))
         let rss = peakRSS()
         return Outcome(output: path, outputSHA256: sha, outputSize: Int64(size), bytesIn: g.totalBytes, ranks: 1,
-                       seconds: Date().timeIntervalSince(started), peakRSSMax: rss, peakRSSRoot: rss, hashedWhileWriting: true)
+                       seconds: Date().timeIntervalSince(started), peakRSSMax: rss, peakRSSRoot: rss, hashedWhileWriting: true,
+                       directIO: direct.directBytes > 0)
     }
 
     static func profile(_ path: String, written: Double, finished: Double) {
@@ -274,4 +277,60 @@ final class StepReader {
 
     /// Waits for a read in flight.
     func finish() { pending?.wait(); pending = nil }
+}
+
+/// Writes a file's aligned ranges with direct I/O (`O_DIRECT`) where its file system declares that it
+/// takes it and at which alignment (statx), and every other range through the page cache (`fd`).
+/// Direct writes leave out the kernel's copy into the page cache and its per-page bookkeeping: on a
+/// local disk that is most of a buffered write's CPU, which the writer's other work (reading, hashing)
+/// needs. A file system that turns a direct write down (EINVAL) gets the rest through the cache.
+public final class DirectWriter {
+    let fd: Int32, path: String
+    private var directFD: Int32 = -1
+    private var memoryAlignment = 1, offsetAlignment = 1
+    /// Bytes that went past the page cache.
+    private(set) var directBytes = 0
+
+    init(_ fd: Int32, path: String, enabled: Bool) {
+        self.fd = fd; self.path = path
+        guard enabled, let a = Self.alignment(fd) else { return }
+        directFD = open(path, O_WRONLY | O_CLOEXEC | emflow_o_direct())
+        // Whole pages only: no page holds both bytes written directly and bytes in the cache.
+        memoryAlignment = a.memory
+        offsetAlignment = max(a.offset, Int(sysconf(Int32(_SC_PAGESIZE))))
+    }
+
+    /// The alignment of memory and of file offsets that direct I/O on this (regular) file needs, or
+    /// nil where its file system does not say that it takes direct I/O.
+    static func alignment(_ fd: Int32) -> (memory: Int, offset: Int)? {
+        var memory: UInt32 = 0, offset: UInt32 = 0
+        return emflow_direct_io_alignment(fd, &memory, &offset) == 0 ? (Int(memory), Int(offset)) : nil
+    }
+
+    /// Whether files created in `directory` would be written with direct I/O.
+    public static func takesDirectIO(directory: String) -> Bool {
+        let probe = directory + "/.emflow-direct-io-probe-\(getpid())"
+        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return false }
+        defer { close(fd); unlink(probe) }
+        return alignment(fd) != nil
+    }
+
+    deinit { if directFD >= 0 { _ = Glibc.close(directFD) } }
+
+    var isOn: Bool { directFD >= 0 }
+
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(POSIXFileError) {
+        if directFD >= 0, offset % offsetAlignment == 0, bytes.count % offsetAlignment == 0,
+           Int(bitPattern: bytes.baseAddress) % memoryAlignment == 0 {
+            do throws(POSIXFileError) {
+                try FileDescriptor.writeAll(directFD, path: path, bytes, at: Int64(offset))
+                directBytes += bytes.count
+                return
+            } catch where error.errno == EINVAL {
+                _ = Glibc.close(directFD); directFD = -1
+            }
+        }
+        try FileDescriptor.writeAll(fd, path: path, bytes, at: Int64(offset))
+    }
 }

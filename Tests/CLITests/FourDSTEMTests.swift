@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import TestSupport
+import ParallelNexus
 
 /// `convert` with `to: nxem-4d` as users run it: detector files of each format into NXem on 1, 2
 /// and 3 MPI ranks (mpirun) with each compression, read back with h5py frame by frame against the
@@ -86,10 +87,14 @@ final class FourDSTEMTests: XCTestCase {
     func testKnownInputChecksumHashesTheOutputWhileWriting() throws {
         let tall = try FourDFixtures.generate(in: t.file("drop-tall"), ["--format", "raw", "--scan", "301x4", "--frame", "64x64", "--name", "tall"])
         let wide = try FourDFixtures.generate(in: t.file("drop-wide"), ["--format", "raw", "--scan", "5x160", "--frame", "64x64", "--name", "wide"])
-        for (name, input, scan, ranks) in [("tall1", tall, "301x4", 1), ("tall2", tall, "301x4", 2), ("tall3", tall, "301x4", 3), ("wide2", wide, "5x160", 2)] {
+        // One process writes the frames with direct I/O where the file system takes it ("tall1"), or
+        // through the page cache when told not to ("tall1c").
+        let direct = DirectWriter.takesDirectIO(directory: t.path)
+        for (name, input, scan, ranks) in [("tall1", tall, "301x4", 1), ("tall1c", tall, "301x4", 1), ("tall2", tall, "301x4", 2),
+                                           ("tall3", tall, "301x4", 3), ("wide2", wide, "5x160", 2)] {
             t.write("\(name).yaml", """
                 name: \(name)
-                inputs: [{path: drop-\(name.dropLast()), include: ["*.bin"]}]
+                inputs: [{path: drop-\(name.hasPrefix("tall") ? "tall" : "wide"), include: ["*.bin"]}]
                 outputs: {root: out-\(name)}
                 workspace: ws-\(name)
                 stages:
@@ -98,12 +103,13 @@ final class FourDSTEMTests: XCTestCase {
                     uses: convert
                     needs: [checksum]
                     resources: {ranks: \(ranks)}
-                    with: {to: nxem-4d, dtype: uint16, frame_shape: 64x64, scan_shape: \(scan), compression: none, chunk_frames: 2, buffer_mib: 1}
+                    with: {to: nxem-4d, dtype: uint16, frame_shape: 64x64, scan_shape: \(scan), compression: none, chunk_frames: 2, buffer_mib: 1, direct_io: \(name != "tall1c")}
                 """)
             let run = try emflow(["run", "--json", t.file("\(name).yaml")])
             XCTAssertEqual(run.status, 0, run.combined)
             let notes = try ProcessRunner.shell("cat '\(t.path)'/ws-\(name)/runs/*/results/convert/*.jsonl").stdout
             XCTAssertTrue(notes.contains("on \(ranks) rank(s)") && notes.contains("output hashed while written"), notes)
+            XCTAssertEqual(notes.contains("frames written with direct I"), name == "tall1" && direct, "\(name), direct I/O here: \(direct): \(notes)")
             let out = try outputs(name)
             XCTAssertEqual(out.count, 1)
             let checks = try FourDFixtures.check(out.map { ($0, input) })

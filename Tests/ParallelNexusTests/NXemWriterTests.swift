@@ -1,6 +1,7 @@
 import XCTest
 @testable import ParallelNexus
 import EMFormats
+import POSIXFiles
 import TestSupport
 
 final class NXemWriterTests: XCTestCase {
@@ -192,6 +193,61 @@ final class ParallelPlanTests: XCTestCase {
         XCTAssertEqual(l.runs(2..<2), [])
         XCTAssertEqual(l.end(of: 4), 220)
         XCTAssertEqual(l.metadataBytes, 100 + 70, "the head and the gap between 130 and 200")
+    }
+
+    /// Uncompressed chunks of whole pages start on a page (direct I/O, no page shared with metadata);
+    /// everything else keeps the stripe alignment for objects of a stripe or more.
+    func testChunksOfWholePagesStartOnAPage() {
+        var o = ParallelStackWriter.Options()
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        XCTAssertEqual(o.placement(chunkBytes: 32 * page), HDF5File.Alignment(threshold: 32 * page, boundary: page))
+        XCTAssertEqual(o.placement(chunkBytes: 1 << 20), .stripe(1 << 20), "a chunk of a stripe")
+        XCTAssertEqual(o.placement(chunkBytes: 66_560 + 2), .stripe(1 << 20), "EMPAD-like sizes are not whole pages")
+        o.alignment = 4 << 20
+        XCTAssertEqual(o.placement(chunkBytes: 2 << 20), HDF5File.Alignment(threshold: 2 << 20, boundary: page))
+        o.compression = .bitshuffleLZ4
+        XCTAssertEqual(o.placement(chunkBytes: 32 * page), .stripe(4 << 20), "compressed chunks vary in size")
+        o.alignment = nil
+        XCTAssertNil(o.placement(chunkBytes: 32 * page))
+        // The chunk index: about 16 leaves, between HDF5's default and 2048.
+        XCTAssertEqual(HDF5File.chunkIndexK(chunks: 1), 32)
+        XCTAssertEqual(HDF5File.chunkIndexK(chunks: 1024), 32)
+        XCTAssertEqual(HDF5File.chunkIndexK(chunks: 8192), 256)
+        XCTAssertEqual(HDF5File.chunkIndexK(chunks: 65_536), 2048)
+        XCTAssertEqual(HDF5File.chunkIndexK(chunks: 10_000_000), 2048)
+    }
+
+    /// Aligned ranges go past the page cache where the file system takes direct I/O, the rest through
+    /// it; the file reads back byte for byte either way, also next to bytes written through the cache
+    /// (HDF5's metadata) and where direct I/O is switched off or not offered (tmpfs).
+    func testDirectWritesLandBesideCachedOnes() throws {
+        let dir = TempDir("dio"); defer { dir.cleanup() }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let size = 64 * page + 100
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: page)
+        defer { buffer.deallocate() }
+        for i in 0..<size { buffer[i] = UInt8(truncatingIfNeeded: (i &* 2_654_435_761) >> 11) }
+        for (where_, enabled) in [(dir.path, true), (dir.path, false), ("/dev/shm", true)] {
+            let path = where_ + "/direct-\(enabled)-\(getpid()).bin"
+            defer { unlink(path) }
+            let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            defer { close(fd) }
+            let cached = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<(page + 10)])
+            try FileDescriptor.writeAll(fd, path: path, cached, at: 0)  // "metadata", through the cache
+            let w = DirectWriter(fd, path: path, enabled: enabled)
+            let expectDirect = enabled && DirectWriter.takesDirectIO(directory: where_)
+            XCTAssertEqual(w.isOn, expectDirect, path)
+            let all = UnsafeRawBufferPointer(buffer)
+            try w.write(UnsafeRawBufferPointer(rebasing: all[(2 * page)..<(34 * page)]), at: 2 * page)   // aligned
+            try w.write(UnsafeRawBufferPointer(rebasing: all[(page + 10)..<(2 * page)]), at: page + 10)  // unaligned start
+            try w.write(UnsafeRawBufferPointer(rebasing: all[(34 * page)..<size]), at: 34 * page)        // unaligned length
+            XCTAssertEqual(w.directBytes, expectDirect ? 32 * page : 0, path)
+            var back = [UInt8](repeating: 0, count: size)
+            try back.withUnsafeMutableBytes { try FileDescriptor.readFull(fd, path: path, into: $0, at: 0) }
+            XCTAssertTrue(back.elementsEqual(all), path)
+        }
+        XCTAssertFalse(DirectWriter.takesDirectIO(directory: dir.file("missing")))
     }
 
     /// Rank 0's hash of a file that the ranks write: written ranges read back (mapped when large, read

@@ -63,6 +63,8 @@ public struct FourDSTEMToNXem: Sendable {
         public var startTime: String
         /// The output was hashed while it was written (one process, uncompressed, input checksum known).
         public var hashedWhileWriting: Bool? = nil
+        /// The frames were written past the page cache (direct I/O).
+        public var directIO: Bool? = nil
         public var compressionRatio: Double { outputSize > 0 ? Double(bytesIn) / Double(outputSize) : 0 }
     }
 
@@ -181,7 +183,8 @@ public struct FourDSTEMToNXem: Sendable {
                       compression: options.writer.compression.name, ranks: comm.size, inputSHA256: inputSHA,
                       outputSHA256: outcome.outputSHA256, outputSize: outcome.outputSize, bytesIn: outcome.bytesIn, seconds: outcome.seconds,
                       peakRSSMax: outcome.peakRSSMax, peakRSSRoot: outcome.peakRSSRoot, reused: false, warnings: warnings,
-                      version: choice.version, predecessor: choice.predecessor, startTime: startTime, hashedWhileWriting: outcome.hashedWhileWriting)
+                      version: choice.version, predecessor: choice.predecessor, startTime: startTime, hashedWhileWriting: outcome.hashedWhileWriting,
+                      directIO: outcome.directIO)
     }
 
     /// Rank 0's choice of version, with the predecessor note, as broadcast to the other ranks.

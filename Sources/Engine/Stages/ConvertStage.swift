@@ -41,6 +41,8 @@ public struct ConvertStage: Stage {
         .init("dataset", .string, help: "nxem-4d hdf5: the frames' dataset path, e.g. /entry/data/data"),
         .init("chunk_frames", .int, default: .int(1), help: "nxem-4d: detector frames per HDF5 chunk"),
         .init("buffer_mib", .int, default: .int(64), help: "nxem-4d: MiB of frames each rank holds per write step"),
+        .init("direct_io", .bool, default: .bool(true),
+              help: "nxem-4d: one process writing uncompressed frames writes them past the page cache where the file system takes direct I/O (local disks)"),
         .init("alignment_mib", .number, help: "nxem-4d: align large objects to this (default: the site's stripe size, else 1 MiB)"),
         .init("scan_step_nm", .number, help: "nxem-4d: distance between probe positions, nm"),
         .init("detector_step", .number, help: "nxem-4d: detector pixel size in detector_units"),
@@ -188,6 +190,7 @@ public struct ConvertStage: Stage {
         o.writer.compression = compression(p)
         o.writer.chunkFrames = max(1, p["chunk_frames"]?.intValue ?? 1)
         o.writer.bufferBytes = max(1, p["buffer_mib"]?.intValue ?? 64) << 20
+        o.writer.directIO = p["direct_io"]?.boolValue ?? true
         if let a = p["alignment_mib"]?.doubleValue { o.writer.alignment = a > 0 ? Int(a * 1048576) : nil }
         else if let stripe = ctx.stripeBytes { o.writer.alignment = stripe }
         o.scanStepNM = p["scan_step_nm"]?.doubleValue
@@ -240,7 +243,8 @@ public struct ConvertStage: Stage {
         let rate = r.seconds > 0 ? " at \(formatBytes(Int64(Double(r.bytesIn) / r.seconds)))/s" : ""
         out.notes = ["\(r.format) \(r.shape.map(String.init).joined(separator: "×")) \(r.dataType) on \(r.ranks) rank(s), \(r.compression)" +
                      (r.reused ? " (already written by this task)" : ", ratio \(String(format: "%.2f", r.compressionRatio))\(rate), peak RSS \(formatBytes(r.peakRSSMax)) per rank") +
-                     (r.hashedWhileWriting == true ? ", output hashed while written" : "")] + r.warnings
+                     (r.hashedWhileWriting == true ? ", output hashed while written" : "") +
+                     (r.directIO == true ? ", frames written with direct I/O" : "")] + r.warnings
         return out
     }
 
