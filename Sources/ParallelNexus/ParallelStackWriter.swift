@@ -217,6 +217,10 @@ public enum ParallelStackWriter {
             // One process compressing bitshuffle+LZ4 itself works in steps small enough that the frames
             // are still in the cache when compressed (from memory, the bit transposition cost 3× more).
             else if !comm.usesMPI && options.compression == .bitshuffleLZ4 { budget = min(options.bufferBytes, 4 << 20) }
+            // Ranks compressing through HDF5's filter likewise: with 8 MiB steps a step is still in the
+            // cache when HDF5 gathers and filters its chunks (1 GiB on 2 ranks: 0.60–0.61 s against
+            // 0.61–0.88 s with 64 MiB steps, and 81 MB of peak RSS per rank instead of 219 MB).
+            else if options.compression == .bitshuffleLZ4 { budget = min(options.bufferBytes, 8 << 20) }
             else { budget = options.bufferBytes }
             let dealt = dealing ? steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget) : []
             let plan = dealing ? stride(from: comm.rank, to: dealt.count, by: comm.size).map { dealt[$0] }
