@@ -19,7 +19,8 @@ public enum ParallelStackWriter {
         public var alignment: Int? = 1 << 20
         /// Bytes of frames a rank holds per step (two steps when reads overlap writes).
         public var bufferBytes = 64 << 20
-        /// Whether frames may bypass the page cache where the file system takes direct I/O.
+        /// Whether one process writing uncompressed frames may send them past the page cache where the
+        /// file system takes direct I/O (`DirectWriter`).
         public var directIO = true
         public init() {}
 

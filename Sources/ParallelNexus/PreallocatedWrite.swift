@@ -307,7 +307,8 @@ public final class DirectWriter {
         return emflow_direct_io_alignment(fd, &memory, &offset) == 0 ? (Int(memory), Int(offset)) : nil
     }
 
-    /// Whether files created in `directory` would be written with direct I/O.
+    /// Whether files created in `directory` would be written with direct I/O (for tests and
+    /// diagnostics: it creates and removes a probe file there).
     public static func takesDirectIO(directory: String) -> Bool {
         let probe = directory + "/.emflow-direct-io-probe-\(getpid())"
         let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
