@@ -189,7 +189,8 @@ extension ParallelStackWriter {
         // Writes of about 128 KiB: the hashing queue reads each piece right after it is written, while
         // it is still in the CPU's cache (64 MiB writes took twice as long here, mostly in the kernel).
         // Direct writes leave the page cache (and the copy into it) out; they go in pieces of 4 MiB.
-        let maxRun = max(1, (direct.isOn ? 4 << 20 : 128 << 10) / chunkBytes)
+        let directChunks = direct.accepts(offset: layout.extents.first?.offset ?? 1, count: chunkBytes)
+        let maxRun = max(1, (directChunks ? 4 << 20 : 128 << 10) / chunkBytes)
         for (i, s) in plan.enumerated() {
             let buf = reader.take(i)
             if let error = buf.error { throw ParallelNexusError(path: tmp, message: error) }
@@ -208,7 +209,7 @@ extension ParallelStackWriter {
             for (j, v) in buf.sums.enumerated() { sums[frames.lowerBound + j] = v }
             progress(frames.count * g.frameBytes)
             // Start writing back what is written so far, so the final fsync has little left.
-            if !direct.isOn { _ = emflow_start_writeback(writable) }
+            if !directChunks { _ = emflow_start_writeback(writable) }
         }
         // The summary image, chunk by chunk (rows × scan x float64, the last chunk padded with zeros).
         let rows = layout.summaryChunkRows
@@ -321,9 +322,13 @@ public final class DirectWriter {
 
     var isOn: Bool { directFD >= 0 }
 
+    /// Whether `count` bytes at `offset` (from page-aligned memory) would be written directly.
+    func accepts(offset: Int, count: Int) -> Bool {
+        directFD >= 0 && offset % offsetAlignment == 0 && count % offsetAlignment == 0
+    }
+
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(POSIXFileError) {
-        if directFD >= 0, offset % offsetAlignment == 0, bytes.count % offsetAlignment == 0,
-           Int(bitPattern: bytes.baseAddress) % memoryAlignment == 0 {
+        if accepts(offset: offset, count: bytes.count), Int(bitPattern: bytes.baseAddress) % memoryAlignment == 0 {
             do throws(POSIXFileError) {
                 try FileDescriptor.writeAll(directFD, path: path, bytes, at: Int64(offset))
                 directBytes += bytes.count

@@ -238,6 +238,9 @@ final class ParallelPlanTests: XCTestCase {
             let w = DirectWriter(fd, path: path, enabled: enabled)
             let expectDirect = enabled && DirectWriter.takesDirectIO(directory: where_)
             XCTAssertEqual(w.isOn, expectDirect, path)
+            XCTAssertEqual(w.accepts(offset: 2 * page, count: 3 * page), expectDirect, path)
+            XCTAssertFalse(w.accepts(offset: page + 10, count: page), path)
+            XCTAssertFalse(w.accepts(offset: 2 * page, count: page + 10), path)
             let all = UnsafeRawBufferPointer(buffer)
             try w.write(UnsafeRawBufferPointer(rebasing: all[(2 * page)..<(34 * page)]), at: 2 * page)   // aligned
             try w.write(UnsafeRawBufferPointer(rebasing: all[(page + 10)..<(2 * page)]), at: page + 10)  // unaligned start
