@@ -174,13 +174,17 @@ public enum ParallelStackWriter {
             // the file fills front to back, and rank 0 hashes each round as soon as all ranks have
             // written it, instead of the whole file after it is closed (serial, as long as the write).
             let oneNode = comm.usesMPI && comm.size > 1 && comm.sharesOneNode()
+            // The stack's chunks as the document lays them out (chunk_frames capped at a scan row): their
+            // size decides where HDF5 places objects, their count how wide the chunk index is.
+            let stack = doc.images[0]
+            let placement = options.placement(chunkBytes: stack.chunks.reduce(g.pixelType.size, *))
+            let stackChunks = zip(stack.shape, stack.chunks).reduce(1) { $0 * (($1.0 + $1.1 - 1) / $1.1) }
             var createError: String?
             var layout: PreallocatedLayout?
             if comm.isRoot {
                 do {
                     try HDF5Library.serialized { () throws in
-                        let f = try HDF5File.create(path: tmp, alignment: options.placement(chunkBytes: options.chunkFrames * g.frameBytes),
-                                                    chunks: g.scanY * ((g.scanX + options.chunkFrames - 1) / options.chunkFrames))
+                        let f = try HDF5File.create(path: tmp, alignment: placement, chunks: stackChunks)
                         file = f
                         try NXemWriter.build(doc, in: f, compression: options.compression, allocateEarly: true) { _, _ in }
                         // The chunks' places, for one process filling them itself or ranks dealing steps
@@ -202,7 +206,7 @@ public enum ParallelStackWriter {
                 file = try HDF5Library.serialized { () throws(ParallelNexusError) in
                     // Every rank compresses its own chunks through HDF5's filter: the faster one where it can.
                     if options.compression == .bitshuffleLZ4 { _ = BitshuffleLZ4.replacesHDF5Filter }
-                    return try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: options.placement(chunkBytes: options.chunkFrames * g.frameBytes))
+                    return try HDF5File.openForWriting(path: tmp, communicator: comm, alignment: placement)
                 }
             }
             catch { openError = error.message }
