@@ -15,6 +15,9 @@
 #include <sys/syscall.h>
 #include <linux/stat.h>
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 // Starts writeback of a file's dirty pages without waiting (Linux sync_file_range, SYNC_FILE_RANGE_WRITE),
 // so a later fsync has little left to do.
@@ -35,6 +38,18 @@ static inline int emflow_direct_io_alignment(int fd, unsigned *memory, unsigned 
 #else
     (void)fd; (void)memory; (void)offset;
     return -1;
+#endif
+}
+
+// Keeps freed memory in the process's heap for reuse: blocks under `mmap_below` bytes come from the
+// heap (not a mapping of their own each), and up to `keep` free bytes stay at its top instead of
+// going back to the kernel. 0 where the C library has no such settings (not glibc).
+static inline int emflow_keep_freed_heap(size_t mmap_below, size_t keep) {
+#ifdef __GLIBC__
+    return mallopt(M_MMAP_THRESHOLD, (int)mmap_below) == 1 && mallopt(M_TRIM_THRESHOLD, (int)keep) == 1;
+#else
+    (void)mmap_below; (void)keep;
+    return 0;
 #endif
 }
 

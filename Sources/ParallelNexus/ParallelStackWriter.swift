@@ -234,6 +234,11 @@ public enum ParallelStackWriter {
             var sums = [Double](repeating: 0, count: g.scanY * g.scanX)
             let e = "/" + doc.entry + "/"
             let direct = DirectChunks(geometry: g, options: options, communicator: comm, stepFrames: plan.map { $0.ny * $0.nx }.max() ?? 0)
+            // HDF5's filter pipeline allocates and frees buffers of a little over a chunk for every chunk
+            // (its copy of the frames, the filter's output). With glibc's defaults each went to a mapping
+            // of its own or to heap that was given back and faulted in again: keep freed memory instead
+            // (at most 64 MiB of it).
+            if direct == nil && options.compression != .none { _ = emflow_keep_freed_heap(4 << 20, 64 << 20) }
             if comm.isRoot { writeback = open(tmp, O_RDONLY | O_CLOEXEC) }
             hasher = dealing && writeback >= 0 ? WrittenFileHasher(fd: writeback, path: tmp, keepGaps: true) : nil
 
