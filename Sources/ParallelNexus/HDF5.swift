@@ -146,7 +146,10 @@ public final class HDF5File {
 
     /// Creates a new file; fails if one exists at `path`. With a communicator of several ranks every
     /// rank calls this with the same path and the file is opened through MPI-IO. `chunks`: the most
-    /// chunks one dataset of the file will have, to size the nodes of the chunk index.
+    /// chunks one dataset of the file will have, to size the nodes of the chunk index; such a file's
+    /// arrays are also placed in the order they are created, small ones included (HDF5 otherwise puts
+    /// arrays under 2 KiB in a block it reserved earlier: a small scan's summary image then came
+    /// before the frames, and the file could not be hashed front to back as the frames were written).
     public static func create(path: String, communicator: Communicator = .serial, alignment: Alignment? = nil,
                               chunks: Int? = nil) throws(ParallelNexusError) -> HDF5File {
         let fcpl = H5Pcreate(emflow_h5p_file_create())
@@ -154,6 +157,7 @@ public final class HDF5File {
         if let chunks { H5Pset_istore_k(fcpl, UInt32(chunkIndexK(chunks: chunks))) }
         let fapl = try accessList(path: path, communicator: communicator, alignment: alignment)
         defer { H5Pclose(fapl) }
+        if chunks != nil { H5Pset_small_data_block_size(fapl, 0) }
         let id = H5Fcreate(path, emflow_h5f_acc_excl(), fcpl, fapl)
         guard id >= 0 else { throw ParallelNexusError(path: path, message: "cannot create the HDF5 file: \(lastH5Error())") }
         return HDF5File(id: id, path: path, communicator: communicator)
