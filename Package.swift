@@ -50,7 +50,7 @@ let tests: [Target] = [
     .testTarget(name: "EMFormatsTests", dependencies: ["EMFormats", "Checksums", "TestSupport"]),
     .testTarget(name: "ConversionTests", dependencies: ["Engine", "EMFormats", "ParallelNexus", "Checksums", "TestSupport"]),
     .testTarget(name: "S3StageTests", dependencies: ["S3Stage", "Checksums", "POSIXFiles", "TestSupport"]),
-    .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "POSIXFiles", "TestSupport"]),
+    .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "POSIXFiles", "Checksums", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "SlurmAdapterTests", dependencies: ["SlurmAdapter", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),

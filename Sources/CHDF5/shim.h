@@ -181,6 +181,30 @@ static inline int emflow_mpi_node_size(void) {
     return n;
 }
 static inline void emflow_mpi_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+// Memory that every rank of the world can read, on one node: this rank's `bytes` of an MPI shared
+// window (each rank's part starting on a page of its own). Errors are returned, not fatal. 0 on success.
+static inline int emflow_mpi_win_allocate_shared(long long bytes, void **base, MPI_Win *win) {
+    MPI_Comm comm;
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &comm) != MPI_SUCCESS) return -1;
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    int rc = MPI_Win_allocate_shared((MPI_Aint)bytes, 1, info, comm, base, win);
+    MPI_Info_free(&info);
+    if (rc == MPI_SUCCESS) MPI_Win_set_errhandler(*win, MPI_ERRORS_RETURN);
+    MPI_Comm_free(&comm);
+    return rc == MPI_SUCCESS ? 0 : -1;
+}
+// Where `rank`'s part of the window is mapped in this process (NULL if MPI cannot say).
+static inline void *emflow_mpi_win_shared_part(MPI_Win win, int rank) {
+    MPI_Aint size = 0; int unit = 0; void *p = NULL;
+    return MPI_Win_shared_query(win, rank, &size, &unit, &p) == MPI_SUCCESS ? p : NULL;
+}
+static inline int emflow_mpi_win_free(MPI_Win *win) { return MPI_Win_free(win); }
+// A counter in shared memory that one process advances and others wait on.
+static inline void emflow_store_release_i64(void *p, long long v) { __atomic_store_n((long long *)p, v, __ATOMIC_RELEASE); }
+static inline long long emflow_load_acquire_i64(const void *p) { return __atomic_load_n((const long long *)p, __ATOMIC_ACQUIRE); }
 // The MPI-IO file driver on the world communicator, and collective transfers.
 static inline herr_t emflow_h5p_set_fapl_mpio_world(hid_t fapl) { return H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL); }
 static inline herr_t emflow_h5p_set_dxpl_collective(hid_t dxpl) { return H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE); }

@@ -89,10 +89,13 @@ public enum ParallelStackWriter {
     /// Frames of one step, read (and summed) on a helper thread while the previous step is written.
     final class StepBuffer: @unchecked Sendable {
         let frames: UnsafeMutableRawBufferPointer
+        private let owned: Bool
         var sums: [Double] = []
         var error: String?
-        init(bytes: Int) { frames = .allocate(byteCount: max(bytes, 1), alignment: 4096) }
-        deinit { frames.deallocate() }
+        init(bytes: Int) { frames = .allocate(byteCount: max(bytes, 1), alignment: 4096); owned = true }
+        /// A buffer in memory that its owner frees (e.g. shared with other ranks).
+        init(borrowing memory: UnsafeMutableRawBufferPointer) { frames = memory; owned = false }
+        deinit { if owned { frames.deallocate() } }
     }
 
     static func read(_ step: Step, from source: FrameSource, into buf: StepBuffer) {
@@ -144,10 +147,10 @@ public enum ParallelStackWriter {
 
     /// `checksum(tmp)` runs on rank 0 while the finished file is fsynced (a SHA-256 from the page cache).
     /// `late()` runs on rank 0 after the frames are written (e.g. waits for the input's checksum) and
-    /// returns fields (path under the entry → string) that every rank then writes. Without it, one
-    /// process writing uncompressed frames fills HDF5's reserved chunks itself and hashes the file as
-    /// it goes (`PreallocatedLayout`), and several ranks on one node take the steps in turns while
-    /// rank 0 hashes each finished round (`checksum` then runs only if HDF5 rewrote hashed metadata).
+    /// returns fields (path under the entry → string) that every rank then writes. Without it,
+    /// uncompressed frames on one node go straight into the chunks HDF5 reserved, and the file is hashed
+    /// as it is written (`PreallocatedLayout`): by one process, or by several ranks taking the steps in
+    /// turns, rank 0 hashing them from memory the ranks share (`writePreallocatedOnOneNode`).
     public static func write(_ doc: NXemDocument, source: FrameSource, to path: String, communicator comm: Communicator,
                              options: Options, late: (() throws -> [String: String])? = nil,
                              checksum: @escaping (String) throws -> String,
@@ -165,14 +168,12 @@ public enum ParallelStackWriter {
         //    the variable-length strings NXem needs); 2. all ranks fill the arrays collectively;
         // 3. rank 0 adds the fields known only at the end. Any rank's error stops all of them.
         var file: HDF5File?
-        // Rank 0 reads the file back through this descriptor (to hash it) until the end.
+        // Rank 0 asks for writeback through this descriptor as the file fills.
         var writeback: Int32 = -1
-        var hasher: WrittenFileHasher?
-        defer { hasher?.drain(); if writeback >= 0 { close(writeback) } }
+        defer { if writeback >= 0 { close(writeback) } }
         do {
-            // Where every rank shares rank 0's page cache, the ranks can deal the steps out in turns, so
-            // the file fills front to back, and rank 0 hashes each round as soon as all ranks have
-            // written it, instead of the whole file after it is closed (serial, as long as the write).
+            // Ranks that share one node (its memory and page cache) can write uncompressed frames as one
+            // process does, hashing the file as it fills instead of after it is closed.
             let oneNode = comm.usesMPI && comm.size > 1 && comm.sharesOneNode()
             // The stack's chunks as the document lays them out (chunk_frames capped at a scan row): their
             // size decides where HDF5 places objects, their count how wide the chunk index is.
@@ -187,7 +188,7 @@ public enum ParallelStackWriter {
                         let f = try HDF5File.create(path: tmp, alignment: placement, chunks: stackChunks)
                         file = f
                         try NXemWriter.build(doc, in: f, compression: options.compression, allocateEarly: true) { _, _ in }
-                        // The chunks' places, for one process filling them itself or ranks dealing steps
+                        // The chunks' places, for one process or the ranks of one node filling them themselves
                         // (HDF5 1.10 walks every chunk per lookup: ~35 ms for 8192 chunks, so only then).
                         if options.compression == .none && late == nil && (comm.size == 1 || oneNode) {
                             layout = PreallocatedLayout.read(doc, in: f, geometry: g)
@@ -200,6 +201,11 @@ public enum ParallelStackWriter {
             try agree(createError)
             if comm.size == 1, let layout {
                 return try writePreallocated(layout, source: source, tmp: tmp, path: path, options: options, started: started, progress: progress)
+            }
+            if comm.size > 1 && oneNode && comm.max(layout == nil ? 0 : 1) == 1,
+               let outcome = try writePreallocatedOnOneNode(layout, source: source, tmp: tmp, path: path, options: options,
+                                                            communicator: comm, started: started, progress: progress) {
+                return outcome
             }
             var openError: String?
             do {
@@ -214,22 +220,16 @@ public enum ParallelStackWriter {
             let f = file!
 
             let mine = comm.share(of: g.scanY)
-            // (The metadata between the chunks is kept in memory until it is checked after close.)
-            let dealing = comm.max(comm.isRoot && oneNode && (layout?.metadataBytes ?? .max) <= 64 << 20 ? 1 : 0) == 1
             let budget: Int
-            // Dealt steps are small: the last round is hashed after the others are written.
-            if dealing { budget = min(options.bufferBytes, 16 << 20) }
             // One process compressing bitshuffle+LZ4 itself works in steps small enough that the frames
             // are still in the cache when compressed (from memory, the bit transposition cost 3× more).
-            else if !comm.usesMPI && options.compression == .bitshuffleLZ4 { budget = min(options.bufferBytes, 4 << 20) }
+            if !comm.usesMPI && options.compression == .bitshuffleLZ4 { budget = min(options.bufferBytes, 4 << 20) }
             // Ranks compressing through HDF5's filter likewise: with 8 MiB steps a step is still in the
             // cache when HDF5 gathers and filters its chunks (1 GiB on 2 ranks: 0.60–0.61 s against
             // 0.61–0.88 s with 64 MiB steps, and 81 MB of peak RSS per rank instead of 219 MB).
             else if options.compression == .bitshuffleLZ4 { budget = min(options.bufferBytes, 8 << 20) }
             else { budget = options.bufferBytes }
-            let dealt = dealing ? steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget) : []
-            let plan = dealing ? stride(from: comm.rank, to: dealt.count, by: comm.size).map { dealt[$0] }
-                : rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget)
+            let plan = rampedSteps(rows: mine, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: options.chunkFrames, budget: budget)
             let rounds = comm.max(plan.count)
             var sums = [Double](repeating: 0, count: g.scanY * g.scanX)
             let e = "/" + doc.entry + "/"
@@ -240,7 +240,6 @@ public enum ParallelStackWriter {
             // (at most 64 MiB of it).
             if direct == nil && options.compression != .none { _ = emflow_keep_freed_heap(4 << 20, 64 << 20) }
             if comm.isRoot { writeback = open(tmp, O_RDONLY | O_CLOEXEC) }
-            hasher = dealing && writeback >= 0 ? WrittenFileHasher(fd: writeback, path: tmp, keepGaps: true) : nil
 
             try HDF5Library.serialized { () throws in
                 let ds = try f.openArray(e + doc.images[0].dataGroup + "/real", type: g.pixelType)
@@ -258,16 +257,6 @@ public enum ParallelStackWriter {
                         for (k, v) in buf.sums.enumerated() { sums[(s.y + k / s.nx) * g.scanX + s.x + k % s.nx] = v }
                         progress(s.ny * s.nx * g.frameBytes)
                     } else { try ds.writeNothing() }
-                    if dealing {
-                        comm.barrier()  // every rank's steps of this round are in the file
-                        if let hasher, let layout {
-                            let done = dealt[(i * comm.size)..<Swift.min((i + 1) * comm.size, dealt.count)]
-                            let k = layout.framesPerChunk
-                            for run in layout.runs(done.first!.frames(scanX: g.scanX).lowerBound / k..<done.last!.frames(scanX: g.scanX).upperBound / k) {
-                                hasher.appendWritten(layout.extents[run.lowerBound].offset..<layout.end(of: run.upperBound - 1))
-                            }
-                        }
-                    }
                     // Start writing back what is written so far, so the final fsync has little left.
                     if writeback >= 0 { _ = emflow_start_writeback(writeback) }
                 }
@@ -315,17 +304,11 @@ public enum ParallelStackWriter {
         let tWritten = Date()
         // Rank 0 makes the file durable, hashes it from the page cache meanwhile, and renames it.
         var result: (String, Int64)? = nil
-        var hashedWhileWriting = false
         var finishError: String? = nil
         if comm.isRoot {
             do {
                 var sha = ""
-                let size = Int(try FileStatus.of(path: tmp).size)
-                try NXemWriter.syncAndPublish(tmp, as: path) { t in
-                    // HDF5 may have rewritten metadata that was hashed early: then the whole file again.
-                    if let hasher, try hasher.gapsUnchanged() { sha = try hasher.finish(size: size); hashedWhileWriting = true }
-                    else { sha = try checksum(t) }
-                }
+                try NXemWriter.syncAndPublish(tmp, as: path) { t in sha = try checksum(t) }
                 result = (sha, try FileStatus.of(path: path).size)
             } catch {
                 _ = unlinkIgnoringErrors(tmp)
@@ -339,8 +322,7 @@ public enum ParallelStackWriter {
         let rss = peakRSS()
         let rootRSS = Int64(comm.broadcast(String(rss))) ?? rss
         return Outcome(output: path, outputSHA256: sha, outputSize: size, bytesIn: g.totalBytes, ranks: comm.size,
-                       seconds: Date().timeIntervalSince(started), peakRSSMax: Int64(comm.max(Int(rss))), peakRSSRoot: rootRSS,
-                       hashedWhileWriting: hashedWhileWriting)
+                       seconds: Date().timeIntervalSince(started), peakRSSMax: Int64(comm.max(Int(rss))), peakRSSRoot: rootRSS)
     }
 
     /// This process's peak resident set size in bytes.

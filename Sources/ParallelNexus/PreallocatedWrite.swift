@@ -44,12 +44,6 @@ struct PreallocatedLayout {
         return PreallocatedLayout(extents: extents, frameChunks: frames.count, framesPerChunk: k, summaryChunkRows: summary.chunks[0])
     }
 
-    /// Bytes before the last frame chunk that are not frame chunks (HDF5's metadata, alignment padding).
-    var metadataBytes: Int {
-        guard frameChunks > 0 else { return 0 }
-        return extents[0].offset + (1..<frameChunks).reduce(0) { $0 + extents[$1].offset - end(of: $1 - 1) }
-    }
-
     /// The end of extent `i`.
     func end(of i: Int) -> Int { extents[i].offset + extents[i].length }
 
@@ -67,71 +61,40 @@ struct PreallocatedLayout {
 }
 
 /// The SHA-256 of a file computed from what is being written into it, front to back, on its own
-/// serial queue. Written ranges are hashed from the writer's memory (`append`) or, where other
-/// processes wrote them, read back from the page cache once written (`appendWritten`); the bytes
-/// between them (HDF5's metadata) are read from the file. With `keepGaps`, those gap bytes are kept
-/// so that `gapsUnchanged` can tell whether a library rewrote any of them after they were hashed.
+/// serial queue: written ranges from the writers' memory (`append`), the bytes between them (HDF5's
+/// metadata, final before the frames are written) read from the file.
 final class WrittenFileHasher: @unchecked Sendable {
     let fd: Int32, path: String
     private let queue = DispatchQueue(label: "emflow.written-file-hash")
     private var sha: SHA256Hasher? = SHA256Hasher()
     private var position = 0
     private var error: POSIXFileError?
-    private let keepGaps: Bool
-    private var kept: [(offset: Int, bytes: [UInt8])] = []
     /// Pieces read from the file are hashed while still in the CPU's cache.
     private static let piece = 256 << 10
-    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: WrittenFileHasher.piece, alignment: 64)
 
-    init(fd: Int32, path: String, keepGaps: Bool = false) { self.fd = fd; self.path = path; self.keepGaps = keepGaps }
+    init(fd: Int32, path: String) { self.fd = fd; self.path = path }
     // Queued work holds `self`, so nothing reads into the buffer any more.
     deinit { buffer.deallocate() }
 
-    /// Hashes the file up to `offset`, then `bytes` (which will be at `offset`); `done` runs after,
-    /// when the caller may reuse `bytes`.
+    /// Hashes the file up to `offset`, then `bytes` (which will be at `offset`); `done` runs after
+    /// (also after an error), when the caller may reuse `bytes`.
     func append(_ bytes: UnsafeRawBufferPointer, at offset: Int, done: @escaping @Sendable () -> Void = {}) {
         let b = UncheckedBox(bytes)
         queue.async { [self] in
             if error == nil {
-                do throws(POSIXFileError) { try fromFile(upTo: offset, gap: true); sha!.update(b.value); position = offset + b.value.count }
+                do throws(POSIXFileError) { try fromFile(upTo: offset); sha!.update(b.value); position = offset + b.value.count }
                 catch { self.error = error }
             }
             done()
         }
     }
 
-    /// Hashes the file up to `range` (gap bytes), then `range` itself as read from the file: bytes
-    /// that are final (written by any process, whose write calls have returned).
-    func appendWritten(_ range: Range<Int>) {
-        queue.async { [self] in
-            guard error == nil else { return }
-            do throws(POSIXFileError) { try fromFile(upTo: range.lowerBound, gap: true); try fromFile(upTo: range.upperBound, gap: false) }
-            catch { self.error = error }
-        }
-    }
-
-    /// Whether every gap byte hashed so far still reads as it did (always true without `keepGaps`).
-    func gapsUnchanged() throws(POSIXFileError) -> Bool {
-        let result: Result<Bool, POSIXFileError> = queue.sync {
-            if let error { return .failure(error) }
-            do throws(POSIXFileError) {
-                for (offset, bytes) in kept {  // each at most one piece long
-                    let now = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes.count])
-                    try FileDescriptor.readFull(fd, path: path, into: now, at: Int64(offset))
-                    if !bytes.elementsEqual(now) { return .success(false) }
-                }
-            } catch { return .failure(error) }
-            return .success(true)
-        }
-        return try result.get()
-    }
-
     /// Hashes the rest of the file (`size` bytes in all) and returns the SHA-256.
     func finish(size: Int) throws(POSIXFileError) -> String {
         let result: Result<String, POSIXFileError> = queue.sync {
             if let error { return .failure(error) }
-            do throws(POSIXFileError) { try fromFile(upTo: size, gap: false) } catch { return .failure(error) }
+            do throws(POSIXFileError) { try fromFile(upTo: size) } catch { return .failure(error) }
             return .success(sha.take()!.finalize())
         }
         return try result.get()
@@ -140,22 +103,11 @@ final class WrittenFileHasher: @unchecked Sendable {
     /// Waits until everything handed over so far is hashed.
     func drain() { queue.sync {} }
 
-    private func fromFile(upTo end: Int, gap: Bool) throws(POSIXFileError) {
-        // Written ranges of some size are hashed straight from the page cache, without a copy.
-        if !gap && end - position >= 1 << 20 {
-            let start = position / Self.pageSize * Self.pageSize
-            if let m = mmap(nil, end - start, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, off_t(start)), m != MAP_FAILED {
-                sha!.update(UnsafeRawBufferPointer(start: m + (position - start), count: end - position))
-                munmap(m, end - start)
-                position = end
-                return
-            }
-        }
+    private func fromFile(upTo end: Int) throws(POSIXFileError) {
         while position < end {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Swift.min(Self.piece, end - position)])
             try FileDescriptor.readFull(fd, path: path, into: piece, at: Int64(position))
             sha!.update(UnsafeRawBufferPointer(piece))
-            if gap && keepGaps { kept.append((position, Array(piece))) }
             position += piece.count
         }
     }
@@ -249,10 +201,14 @@ final class StepReader {
     private var pending: DispatchSemaphore?
 
     /// `buffers`: 1 reads each step when it is taken, 2 or more read one step ahead.
-    init(plan: [ParallelStackWriter.Step], source: FrameSource, frameBytes: Int, buffers count: Int) {
+    convenience init(plan: [ParallelStackWriter.Step], source: FrameSource, frameBytes: Int, buffers count: Int) {
         let stepBytes = plan.map { $0.ny * $0.nx * frameBytes }.max() ?? 0
-        self.plan = plan; self.source = source
-        buffers = (0..<max(1, count)).map { _ in .init(bytes: stepBytes) }
+        self.init(plan: plan, source: source, buffers: (0..<max(1, count)).map { _ in .init(bytes: stepBytes) })
+    }
+
+    /// Reads into `buffers` (each large enough for any step of the plan).
+    init(plan: [ParallelStackWriter.Step], source: FrameSource, buffers: [ParallelStackWriter.StepBuffer]) {
+        self.plan = plan; self.source = source; self.buffers = buffers
         prefetch(0)
     }
 

@@ -400,6 +400,8 @@ final class SlurmWorkflowTests: XCTestCase {
 
     /// A 4D-STEM conversion on 3 MPI ranks under Slurm: the array task holds 3 tasks and starts one
     /// `srun --mpi=pmix` step per item; every frame reads back byte for byte and pynxtools accepts it.
+    /// Compressed, the ranks write through HDF5's collective I/O; uncompressed, the ranks of the one node
+    /// fill their chunks themselves from memory they share (Slurm's PMIx) and the file is hashed as it fills.
     func testFourDSTEMOnThreeRanksWithSrun() throws {
         let cluster = try SlurmTestCluster.require()
         let counter = try SlurmCallCounter(in: t.path)
@@ -407,15 +409,18 @@ final class SlurmWorkflowTests: XCTestCase {
         for (i, scan) in ["7x5", "4x6"].enumerated() {
             sources.append(try FourDFixtures.generate(in: t.file("drop/P1/S1/E\(i)"), ["--format", "mib", "--scan", scan, "--frame", "32x32", "--name", "scan\(i)", "--seed", "\(i + 3)"]))
         }
-        let spec = t.write("spec.yaml", """
-            name: slurm-4d
-            inputs: [{path: drop, include: ["**/*.mib"], layout: "{proposal}/{sample}/{experiment}/{file}"}]
-            outputs: {root: managed}
-            executor: {kind: slurm, site: \(site())}
-            stages:
-              checksum: {uses: checksum}
-              convert: {uses: convert, needs: [checksum], resources: {ranks: 3, batch: 2}, with: {to: nxem-4d, compression: bitshuffle, vendor: JEOL, model: ARM300F}}
-            """)
+        func specFile(_ root: String, compression: String) -> String {
+            t.write("\(root).yaml", """
+                name: slurm-4d-\(compression)
+                inputs: [{path: drop, include: ["**/*.mib"], layout: "{proposal}/{sample}/{experiment}/{file}"}]
+                outputs: {root: \(root)}
+                executor: {kind: slurm, site: \(site())}
+                stages:
+                  checksum: {uses: checksum}
+                  convert: {uses: convert, needs: [checksum], resources: {ranks: 3, batch: 2}, with: {to: nxem-4d, compression: \(compression), vendor: JEOL, model: ARM300F}}
+                """)
+        }
+        let spec = specFile("managed", compression: "bitshuffle")
         let dry = try emflow(["run", "--dry-run", spec], cluster: cluster)
         XCTAssertTrue(dry.stdout.contains("#SBATCH --ntasks=3"), dry.stdout)
         let run = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
@@ -432,5 +437,19 @@ final class SlurmWorkflowTests: XCTestCase {
         XCTAssertEqual(launches.components(separatedBy: "launch: srun --mpi=pmix --ntasks=3 ").count - 1, 2, launches)
         let again = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
         XCTAssertTrue(again.stdout.contains("convert: 0 done, 2 already done"), again.stdout)
+
+        let plain = try emflow(["run", "--wait", specFile("plain", compression: "none")], cluster: cluster, counter: counter)
+        XCTAssertEqual(plain.status, 0, plain.combined)
+        let plainNxs = (0..<2).map { t.file("plain/P1/S1/E\($0)/nexus/scan\($0).nxs") }
+        let plainChecks = try FourDFixtures.check(Array(zip(plainNxs, sources)))
+        XCTAssertTrue(plainChecks.count == 2 && plainChecks.allSatisfy { $0.hasPrefix("ok ") }, plainChecks.joined(separator: "\n"))
+        XCTAssertEqual(try NexusValidator.problems(plainNxs), [:])
+        let plainResults = try ProcessRunner.shell("cat '\(t.path)'/plain/.emflow/runs/*/mpi/*.result").stdout
+        XCTAssertEqual(plainResults.components(separatedBy: "output hashed while written").count - 1, 2, plainResults)
+        let listed = try emflow(["catalog", "ls", "--spec", t.file("plain.yaml"), "--outputs", "--json"], cluster: cluster)
+        for nxs in plainNxs {
+            let actual = try ProcessRunner.shell("sha256sum '\(nxs)' | cut -d' ' -f1").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            XCTAssertTrue(listed.stdout.contains(actual), "\(nxs): \(listed.stdout)")
+        }
     }
 }
