@@ -9,11 +9,10 @@ final class SharedWindow: @unchecked Sendable {
     private var win: MPI_Win?
     private let parts: [UnsafeMutableRawPointer]
     let bytesPerRank: Int
-    private let rank: Int
     private static let page = Int(sysconf(Int32(_SC_PAGESIZE)))
 
-    private init(win: MPI_Win?, parts: [UnsafeMutableRawPointer], bytesPerRank: Int, rank: Int) {
-        self.win = win; self.parts = parts; self.bytesPerRank = bytesPerRank; self.rank = rank
+    private init(win: MPI_Win?, parts: [UnsafeMutableRawPointer], bytesPerRank: Int) {
+        self.win = win; self.parts = parts; self.bytesPerRank = bytesPerRank
     }
 
     /// `bytes` for every rank (after a page of its own for the counter), or nil on every rank where
@@ -32,9 +31,10 @@ final class SharedWindow: @unchecked Sendable {
                 parts.append(UnsafeMutableRawPointer(bitPattern: aligned)!)
             }
         }
-        let everyone = comm.min(ok && parts.count == comm.size ? 1 : 0) == 1
-        let window = SharedWindow(win: win, parts: parts, bytesPerRank: per - page, rank: comm.rank)
-        guard everyone else { window.free(); return nil }
+        // Where any rank went without, the window is left to MPI_Finalize: freeing it is collective,
+        // and a rank whose allocation failed may not take part.
+        guard comm.min(ok && parts.count == comm.size ? 1 : 0) == 1 else { return nil }
+        let window = SharedWindow(win: win, parts: parts, bytesPerRank: per - page)
         if comm.isRoot { emflow_store_release_i64(parts[0], 0) }
         comm.barrier()
         return window
@@ -49,7 +49,7 @@ final class SharedWindow: @unchecked Sendable {
     var counter: Int { Int(emflow_load_acquire_i64(parts[0])) }
     func setCounter(_ v: Int) { emflow_store_release_i64(parts[0], Int64(v)) }
 
-    /// Waits (asleep after a short poll) until the counter reaches `value`.
+    /// Waits, asleep (20 µs at first, up to 1 ms at a time), until the counter reaches `value`.
     func waitForCounter(_ value: Int) {
         var ns = 20_000
         while counter < value {
