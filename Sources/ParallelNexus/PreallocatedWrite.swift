@@ -78,10 +78,13 @@ final class WrittenFileHasher: @unchecked Sendable {
     deinit { buffer.deallocate() }
 
     /// Hashes the file up to `offset`, then `bytes` (which will be at `offset`); `done` runs after
-    /// (also after an error), when the caller may reuse `bytes`.
-    func append(_ bytes: UnsafeRawBufferPointer, at offset: Int, done: @escaping @Sendable () -> Void = {}) {
+    /// (also after an error), when the caller may reuse `bytes`. With `when`, the hashing thread first
+    /// waits for it to say the bytes are there; false stops the hash (it then fails).
+    func append(_ bytes: UnsafeRawBufferPointer, at offset: Int, when ready: (@Sendable () -> Bool)? = nil,
+                done: @escaping @Sendable () -> Void = {}) {
         let b = UncheckedBox(bytes)
         queue.async { [self] in
+            if error == nil, let ready, !ready() { error = POSIXFileError("hash", path: path, errno: ECANCELED) }
             if error == nil {
                 do throws(POSIXFileError) { try fromFile(upTo: offset); sha!.update(b.value); position = offset + b.value.count }
                 catch { self.error = error }
@@ -156,7 +159,7 @@ extension ParallelStackWriter {
                 let at = layout.extents[run.lowerBound].offset
                 try direct.write(bytes, at: at)
                 let release = hashed[i], isLast = run.upperBound == last
-                hasher.append(bytes, at: at) { if isLast { release.signal() } }
+                hasher.append(bytes, at: at, done: { if isLast { release.signal() } })
             }
             for (j, v) in buf.sums.enumerated() { sums[frames.lowerBound + j] = v }
             progress(frames.count * g.frameBytes)

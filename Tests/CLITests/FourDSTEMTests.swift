@@ -186,6 +186,37 @@ final class FourDSTEMTests: XCTestCase {
         XCTAssertEqual(try outputs("bad").map { ($0 as NSString).lastPathComponent }, ["good.nxs"])
         XCTAssertEqual(try temporaries("bad"), "")
 
+        // The same mismatch found mid-write, in a step of the second of two ranks that fill their chunks
+        // themselves (uncompressed, the input's checksum known): both stop, nothing is left.
+        let long = try FourDFixtures.generate(in: t.file("drop-long"), ["--format", "mib", "--scan", "64x16", "--frame", "64x64", "--name", "long"])
+        var late = [UInt8](FileManager.default.contents(atPath: long)!)
+        let lateAt = (384 + 64 * 64 * 2) * (5 * 8 * 16 + 3) + 30   // 1 MiB steps of 8 rows: step 5 is rank 1's third
+        XCTAssertEqual(String(decoding: late[lateAt..<(lateAt + 3)], as: UTF8.self), "U16")
+        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U08".utf8))
+        _ = t.write("drop-long/long.mib", late)
+        t.write("midway.yaml", """
+            name: midway
+            inputs: [{path: drop-long, include: ["*.mib"]}]
+            outputs: {root: out-midway}
+            workspace: ws-midway
+            stages:
+              checksum: {uses: checksum, with: {manifest: false}}
+              convert: {uses: convert, needs: [checksum], resources: {ranks: 2}, with: {to: nxem-4d, compression: none, buffer_mib: 1}}
+            """)
+        let midway = try emflow(["run", t.file("midway.yaml")])
+        XCTAssertEqual(midway.status, 1, midway.combined)
+        XCTAssertTrue(midway.stdout.contains("rank 1: ") && midway.stdout.contains("header/size mismatch: frame 643 says 64×64 U08"), midway.stdout)
+        XCTAssertEqual(try outputs("midway"), [])
+        XCTAssertEqual(try temporaries("midway"), "")
+        // Mended, the same command converts it that way, hashed as it is written.
+        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U16".utf8))
+        _ = t.write("drop-long/long.mib", late)
+        let mended = try emflow(["run", t.file("midway.yaml")])
+        XCTAssertEqual(mended.status, 0, mended.combined)
+        let notes = try ProcessRunner.shell("cat '\(t.path)'/ws-midway/runs/*/results/convert/*.jsonl").stdout
+        XCTAssertTrue(notes.contains("on 2 rank(s)") && notes.contains("output hashed while written"), notes)
+        XCTAssertEqual(try outputs("midway").count, 1)
+
         // A declared shape that does not fit the file size.
         _ = t.write("raw/frames.bin", [UInt8](repeating: 7, count: 10 * 16 * 16 * 2))
         let shape = try emflow(["run", spec("shape", include: "*.bin", ranks: 3, with: "dtype: uint16, frame_shape: 16x16, scan_shape: 4x4", drop: "raw")])

@@ -283,7 +283,7 @@ final class ParallelPlanTests: XCTestCase {
         let h = WrittenFileHasher(fd: fd, path: path)
         let done = Mutex(0)
         try bytes.withUnsafeBytes { all in
-            for r in ranges { h.append(UnsafeRawBufferPointer(rebasing: all[r]), at: r.lowerBound) { done.withLock { $0 += 1 } } }
+            for r in ranges { h.append(UnsafeRawBufferPointer(rebasing: all[r]), at: r.lowerBound, done: { done.withLock { $0 += 1 } }) }
             h.drain()
             XCTAssertEqual(done.withLock { $0 }, 2)
             XCTAssertEqual(try h.finish(size: size), SHA256Hasher.hash(bytes))
