@@ -423,31 +423,30 @@ final class SlurmWorkflowTests: XCTestCase {
         let spec = specFile("managed", compression: "bitshuffle")
         let dry = try emflow(["run", "--dry-run", spec], cluster: cluster)
         XCTAssertTrue(dry.stdout.contains("#SBATCH --ntasks=3"), dry.stdout)
-        let run = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
-        XCTAssertEqual(run.status, 0, run.combined)
-        XCTAssertTrue(run.stdout.contains("convert: 2 done"), run.stdout)
-        let nxs = (0..<2).map { t.file("managed/P1/S1/E\($0)/nexus/scan\($0).nxs") }
-        let checks = try FourDFixtures.check(Array(zip(nxs, sources)))
-        XCTAssertTrue(checks.count == 2 && checks.allSatisfy { $0.hasPrefix("ok ") }, checks.joined(separator: "\n"))
-        XCTAssertEqual(try NexusValidator.problems(nxs), [:])
+        // Runs `spec` under `root`; every frame must read back and pynxtools accept both files. Returns
+        // the outputs and what the ranks reported.
+        func convert(_ spec: String, root: String) throws -> (nxs: [String], results: String) {
+            let run = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
+            XCTAssertEqual(run.status, 0, run.combined)
+            XCTAssertTrue(run.stdout.contains("convert: 2 done"), run.stdout)
+            let nxs = (0..<2).map { t.file("\(root)/P1/S1/E\($0)/nexus/scan\($0).nxs") }
+            let checks = try FourDFixtures.check(Array(zip(nxs, sources)))
+            XCTAssertTrue(checks.count == 2 && checks.allSatisfy { $0.hasPrefix("ok ") }, checks.joined(separator: "\n"))
+            XCTAssertEqual(try NexusValidator.problems(nxs), [:])
+            return (nxs, try ProcessRunner.shell("cat '\(t.path)'/\(root)/.emflow/runs/*/mpi/*.result").stdout)
+        }
         // Each item ran as a 3-rank srun step inside the array task (the ranks saw Slurm's PMIx).
-        let results = try ProcessRunner.shell("cat '\(t.path)'/managed/.emflow/runs/*/mpi/*.result").stdout
+        let results = try convert(spec, root: "managed").results
         XCTAssertEqual(results.components(separatedBy: "on 3 rank(s)").count - 1, 2, results)
         let launches = try ProcessRunner.shell("grep -h '^launch:' '\(t.path)'/managed/.emflow/runs/*/mpi/*.log").stdout
         XCTAssertEqual(launches.components(separatedBy: "launch: srun --mpi=pmix --ntasks=3 ").count - 1, 2, launches)
         let again = try emflow(["run", "--wait", spec], cluster: cluster, counter: counter)
         XCTAssertTrue(again.stdout.contains("convert: 0 done, 2 already done"), again.stdout)
 
-        let plain = try emflow(["run", "--wait", specFile("plain", compression: "none")], cluster: cluster, counter: counter)
-        XCTAssertEqual(plain.status, 0, plain.combined)
-        let plainNxs = (0..<2).map { t.file("plain/P1/S1/E\($0)/nexus/scan\($0).nxs") }
-        let plainChecks = try FourDFixtures.check(Array(zip(plainNxs, sources)))
-        XCTAssertTrue(plainChecks.count == 2 && plainChecks.allSatisfy { $0.hasPrefix("ok ") }, plainChecks.joined(separator: "\n"))
-        XCTAssertEqual(try NexusValidator.problems(plainNxs), [:])
-        let plainResults = try ProcessRunner.shell("cat '\(t.path)'/plain/.emflow/runs/*/mpi/*.result").stdout
-        XCTAssertEqual(plainResults.components(separatedBy: "output hashed while written").count - 1, 2, plainResults)
+        let plain = try convert(specFile("plain", compression: "none"), root: "plain")
+        XCTAssertEqual(plain.results.components(separatedBy: "output hashed while written").count - 1, 2, plain.results)
         let listed = try emflow(["catalog", "ls", "--spec", t.file("plain.yaml"), "--outputs", "--json"], cluster: cluster)
-        for nxs in plainNxs {
+        for nxs in plain.nxs {
             let actual = try ProcessRunner.shell("sha256sum '\(nxs)' | cut -d' ' -f1").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             XCTAssertTrue(listed.stdout.contains(actual), "\(nxs): \(listed.stdout)")
         }
