@@ -164,8 +164,8 @@ public final class HDF5File {
     }
 
     /// Half the entries of a chunk-index node (HDF5's `istore_k`, default 32) for a dataset of `chunks`
-    /// chunks: 16 to 32 leaves (as full as HDF5's splits leave them) whatever the count, between 32 and 2048. With the default, a stack of
-    /// 8192 chunks has 128 leaves; each node lies between two runs of chunks in the file, so finding
+    /// chunks: 16 to 32 leaves (as full as HDF5's splits leave them) whatever the count, between 32
+    /// and 2048. With the default, a stack of 8192 chunks has 128 leaves; each node lies between two runs of chunks in the file, so finding
     /// where the chunks went took ~1000 lookups (30 ms) instead of ~60, and allocating them took
     /// longer. A node of 2K entries is ~56 × 2K bytes (one of 57 KB at K = 512), and a file with a
     /// non-default K has a version 1 superblock, which HDF5 1.6 and later read.
@@ -279,7 +279,7 @@ public final class HDF5File {
     /// conversion and 1 MiB of zeroed background for every write that converts (each string), and
     /// glibc hands those pages back on free: ~1 ms per field, 30 ms for an NXem tree. 64 KiB still
     /// holds thousands of elements of any type a field has.
-    nonisolated(unsafe) static let smallTransfer: hid_t = {
+    static let smallTransfer: hid_t = {
         let dxpl = H5Pcreate(emflow_h5p_dataset_xfer())
         H5Pset_buffer(dxpl, 64 << 10, nil, nil)
         return dxpl

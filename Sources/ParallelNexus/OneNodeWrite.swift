@@ -146,13 +146,11 @@ extension ParallelStackWriter {
             // until its rank has read it. Step n of the deal is rank n % size's step n / size.
             if let hasher {
                 for (n, s) in dealt.enumerated() {
-                    let r = n % comm.size, j = n / comm.size
-                    let memory = buffer(of: r, j), frames = s.frames(scanX: g.scanX), first = frames.lowerBound / k
-                    let runs = layout.runs(first..<(frames.upperBound / k))
-                    for run in runs {
-                        let from = (run.lowerBound - first) * chunkBytes, to = (run.upperBound - first) * chunkBytes
-                        let isLast = run == runs.last
-                        hasher.append(UnsafeRawBufferPointer(rebasing: memory[from..<to]), at: layout.extents[run.lowerBound].offset,
+                    let r = n % comm.size, j = n / comm.size, memory = buffer(of: r, j)
+                    let pieces = layout.pieces(of: s.frames(scanX: g.scanX))
+                    for (p, piece) in pieces.enumerated() {
+                        let isLast = p == pieces.count - 1
+                        hasher.append(UnsafeRawBufferPointer(rebasing: memory[piece.bytes]), at: piece.offset,
                                       when: { window.wait { window.stepsRead(by: r) > j } }) {
                             if isLast { window.setStepsHashed(n + 1) }
                         }
@@ -172,11 +170,10 @@ extension ParallelStackWriter {
                     guard window.wait(until: { window.stepsHashed > held }) else { break }
                 }
                 reader.prefetch(j + 1)
-                let frames = s.frames(scanX: g.scanX), first = frames.lowerBound / k
+                let frames = s.frames(scanX: g.scanX)
                 do {
-                    for run in layout.runs(first..<(frames.upperBound / k), limit: maxRun) {
-                        let from = (run.lowerBound - first) * chunkBytes, to = (run.upperBound - first) * chunkBytes
-                        try direct.write(UnsafeRawBufferPointer(rebasing: buf.frames[from..<to]), at: layout.extents[run.lowerBound].offset)
+                    for piece in layout.pieces(of: frames, limit: maxRun) {
+                        try direct.write(UnsafeRawBufferPointer(rebasing: buf.frames[piece.bytes]), at: piece.offset)
                     }
                 } catch { failure = "\(error)"; break }
                 for (i, v) in buf.sums.enumerated() { sums[frames.lowerBound + i] = v }
@@ -196,18 +193,7 @@ extension ParallelStackWriter {
         var finishError: String?
         if let hasher {
             do {
-                let rows = layout.summaryChunkRows, chunkValues = rows * g.scanX
-                let summaryChunks = layout.extents.count - layout.frameChunks
-                let padded = totals + [Double](repeating: 0, count: max(0, summaryChunks * chunkValues - totals.count))
-                try padded.withUnsafeBytes { (all) throws in
-                    for j in 0..<summaryChunks {
-                        let b = UnsafeRawBufferPointer(rebasing: all[(j * chunkValues * 8)..<((j + 1) * chunkValues * 8)])
-                        let at = layout.extents[layout.frameChunks + j].offset
-                        try FileDescriptor.writeAll(writable, path: tmp, b, at: Int64(at))
-                        hasher.append(b, at: at)
-                    }
-                    hasher.drain()  // before `padded` goes
-                }
+                try layout.writeSummary(totals, scanX: g.scanX, fd: writable, path: tmp, hasher: hasher)
                 let size = Int(try FileStatus.of(path: tmp).size)
                 var sha = ""
                 try NXemWriter.syncAndPublish(tmp, as: path) { _ in sha = try hasher.finish(size: size) }

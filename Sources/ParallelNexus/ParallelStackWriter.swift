@@ -19,8 +19,8 @@ public enum ParallelStackWriter {
         public var alignment: Int? = 1 << 20
         /// Bytes of frames a rank holds per step (two steps when reads overlap writes).
         public var bufferBytes = 64 << 20
-        /// Whether one process writing uncompressed frames may send them past the page cache where the
-        /// file system takes direct I/O (`DirectWriter`).
+        /// Whether uncompressed frames written on one node (one process, or ranks sharing the node) may
+        /// go past the page cache where the file system takes direct I/O (`DirectWriter`).
         public var directIO = true
         public init() {}
 

@@ -47,6 +47,32 @@ struct PreallocatedLayout {
     /// The end of extent `i`.
     func end(of i: Int) -> Int { extents[i].offset + extents[i].length }
 
+    /// The chunks of a step's `frames` (whole chunks) as runs placed back to back in the file, each at
+    /// most `limit` chunks: the bytes of the step's buffer it holds and where they go.
+    func pieces(of frames: Range<Int>, limit: Int = .max) -> [(bytes: Range<Int>, offset: Int)] {
+        let chunkBytes = extents.first?.length ?? 0, first = frames.lowerBound / framesPerChunk
+        return runs(first..<(frames.upperBound / framesPerChunk), limit: limit).map {
+            (bytes: ($0.lowerBound - first) * chunkBytes..<($0.upperBound - first) * chunkBytes, offset: extents[$0.lowerBound].offset)
+        }
+    }
+
+    /// Writes the summary image (`sums`, one per scan position) into its chunks through `fd`, chunk by
+    /// chunk (rows × scan x float64, the last padded with zeros), and has `hasher` hash them; returns
+    /// once they are hashed.
+    func writeSummary(_ sums: [Double], scanX: Int, fd: Int32, path: String, hasher: WrittenFileHasher) throws {
+        let chunkValues = summaryChunkRows * scanX, summaryChunks = extents.count - frameChunks
+        let padded = sums + [Double](repeating: 0, count: max(0, summaryChunks * chunkValues - sums.count))
+        defer { hasher.drain() }  // before `padded` goes
+        try padded.withUnsafeBytes { (all) throws in
+            for j in 0..<summaryChunks {
+                let b = UnsafeRawBufferPointer(rebasing: all[(j * chunkValues * 8)..<((j + 1) * chunkValues * 8)])
+                let at = extents[frameChunks + j].offset
+                try FileDescriptor.writeAll(fd, path: path, b, at: Int64(at))
+                hasher.append(b, at: at)
+            }
+        }
+    }
+
     /// `chunks` as runs of extents that lie back to back in the file, each at most `limit` long.
     func runs(_ chunks: Range<Int>, limit: Int = .max) -> [Range<Int>] {
         var out: [Range<Int>] = [], c = chunks.lowerBound
@@ -152,32 +178,20 @@ extension ParallelStackWriter {
             if i >= 2 { hashed[i - 2].wait() }
             reader.prefetch(i + 1)
             let frames = s.frames(scanX: g.scanX)
-            let first = frames.lowerBound / k, last = frames.upperBound / k
             // Consecutive chunks that HDF5 placed back to back go out together.
-            for run in layout.runs(first..<last, limit: maxRun) {
-                let bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[((run.lowerBound - first) * chunkBytes)..<((run.upperBound - first) * chunkBytes)])
-                let at = layout.extents[run.lowerBound].offset
-                try direct.write(bytes, at: at)
-                let release = hashed[i], isLast = run.upperBound == last
-                hasher.append(bytes, at: at, done: { if isLast { release.signal() } })
+            let pieces = layout.pieces(of: frames, limit: maxRun)
+            for (n, piece) in pieces.enumerated() {
+                let bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[piece.bytes])
+                try direct.write(bytes, at: piece.offset)
+                let release = hashed[i], isLast = n == pieces.count - 1
+                hasher.append(bytes, at: piece.offset, done: { if isLast { release.signal() } })
             }
             for (j, v) in buf.sums.enumerated() { sums[frames.lowerBound + j] = v }
             progress(frames.count * g.frameBytes)
             // Start writing back what is written so far, so the final fsync has little left.
             if !directChunks { _ = emflow_start_writeback(writable) }
         }
-        // The summary image, chunk by chunk (rows × scan x float64, the last chunk padded with zeros).
-        let rows = layout.summaryChunkRows
-        let chunkValues = rows * g.scanX, summaryChunks = layout.extents.count - layout.frameChunks
-        let summary = UnsafeMutableBufferPointer<Double>.allocate(capacity: summaryChunks * chunkValues)
-        defer { hasher.drain(); summary.deallocate() }
-        _ = summary.initialize(from: sums + [Double](repeating: 0, count: summary.count - sums.count))
-        for j in 0..<summaryChunks {
-            let b = UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: summary[(j * chunkValues)..<((j + 1) * chunkValues)]))
-            let at = layout.extents[layout.frameChunks + j].offset
-            try FileDescriptor.writeAll(writable, path: tmp, b, at: Int64(at))
-            hasher.append(b, at: at)
-        }
+        try layout.writeSummary(sums, scanX: g.scanX, fd: writable, path: tmp, hasher: hasher)
         let size = Int(try FileStatus.of(path: tmp).size)
         let tWritten = Date()
         var sha = ""

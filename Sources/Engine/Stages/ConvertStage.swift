@@ -42,7 +42,7 @@ public struct ConvertStage: Stage {
         .init("chunk_frames", .int, default: .int(1), help: "nxem-4d: detector frames per HDF5 chunk"),
         .init("buffer_mib", .int, default: .int(64), help: "nxem-4d: MiB of frames each rank holds per write step"),
         .init("direct_io", .bool, default: .bool(true),
-              help: "nxem-4d: one process writing uncompressed frames writes them past the page cache where the file system takes direct I/O (local disks)"),
+              help: "nxem-4d: uncompressed frames written on one node go past the page cache where the file system takes direct I/O (local disks)"),
         .init("alignment_mib", .number, help: "nxem-4d: align large objects to this (default: the site's stripe size, else 1 MiB)"),
         .init("scan_step_nm", .number, help: "nxem-4d: distance between probe positions, nm"),
         .init("detector_step", .number, help: "nxem-4d: detector pixel size in detector_units"),
