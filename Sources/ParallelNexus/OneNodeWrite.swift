@@ -117,8 +117,8 @@ extension ParallelStackWriter {
         guard let layout = PreallocatedLayout(encoded: comm.broadcast(rootLayout?.encoded ?? [])) else { return nil }
         let g = source.geometry
         let k = layout.framesPerChunk, chunkBytes = k * g.frameBytes
-        // Steps of at most 16 MiB dealt in turns, so that the file fills front to back (the hash's order).
-        let dealt = steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: min(options.bufferBytes, 16 << 20))
+        // Steps dealt in turns, so that the file fills front to back (the hash's order).
+        let dealt = steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: min(options.bufferBytes, preallocatedStep))
         let mine = stride(from: comm.rank, to: dealt.count, by: comm.size).map { dealt[$0] }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let stepBytes = ((dealt.map { $0.ny * $0.nx }.max() ?? 0) * g.frameBytes + page - 1) / page * page
