@@ -54,12 +54,16 @@ public enum ParallelStackWriter {
         public var hashedWhileWriting = false
         /// The frames went past the page cache (direct I/O).
         public var directIO = false
+        /// Ranks of one node compressed the chunks, and rank 0 alone stored them.
+        public var storedByRoot = false
     }
 
     /// One step of a rank: the box (rows y..<y+ny, columns x..<x+nx) of scan positions it writes.
     public struct Step: Equatable, Sendable {
         public var y: Int, ny: Int, x: Int, nx: Int
         public func frames(scanX: Int) -> Range<Int> { let f = y * scanX + x; return f..<(f + ny * nx) }
+        /// Where the step's chunk `c` (of `k` frames; the step holds whole chunks) starts in the stack.
+        func chunkOrigin(_ c: Int, framesPerChunk k: Int) -> [Int] { [y + c / (nx / k), x + (c % (nx / k)) * k, 0, 0] }
     }
 
     /// Whole rows per step when a row fits in `budget` bytes, else runs of whole chunks within a row.
@@ -207,6 +211,12 @@ public enum ParallelStackWriter {
                                                             communicator: comm, started: started, progress: progress) {
                 return outcome
             }
+            if comm.size > 1 && oneNode && options.compression == .bitshuffleLZ4,
+               let outcome = try writeCompressedOnOneNode(doc, source: source, tmp: tmp, path: path, options: options, placement: placement,
+                                                          late: late, checksum: checksum, communicator: comm, started: started,
+                                                          progress: progress) {
+                return outcome
+            }
             var openError: String?
             do {
                 file = try HDF5Library.serialized { () throws(ParallelNexusError) in
@@ -279,20 +289,7 @@ public enum ParallelStackWriter {
 
             var lateError: String? = nil
             if comm.isRoot {
-                do {
-                    let fields = try late?() ?? [:]
-                    if !fields.isEmpty {
-                        try HDF5Library.serialized { () throws in
-                            let f = try HDF5File.openForWriting(path: tmp)
-                            file = f
-                            for (rel, value) in fields.sorted(by: { $0.key < $1.key }) {
-                                try NXemWriter.writeField(.init(.string(value)), at: e + rel, in: f)
-                            }
-                            try f.close()
-                            file = nil
-                        }
-                    }
-                } catch { lateError = "\(error)" }
+                do { try addLateFields(late, entry: e, tmp: tmp) } catch { lateError = "\(error)" }
             }
             try agree(lateError)
         } catch {
@@ -301,8 +298,29 @@ public enum ParallelStackWriter {
             throw error
         }
 
+        return try publish(tmp, as: path, checksum: checksum, bytesIn: g.totalBytes, communicator: comm, started: started)
+    }
+
+    /// Rank 0: the fields known only at the end (`late`), added to the closed file at `tmp`.
+    static func addLateFields(_ late: (() throws -> [String: String])?, entry e: String, tmp: String) throws {
+        let fields = try late?() ?? [:]
+        guard !fields.isEmpty else { return }
+        try HDF5Library.serialized { () throws in
+            let f = try HDF5File.openForWriting(path: tmp)
+            do {
+                for (rel, value) in fields.sorted(by: { $0.key < $1.key }) {
+                    try NXemWriter.writeField(.init(.string(value)), at: e + rel, in: f)
+                }
+            } catch { try? f.close(); throw error }
+            try f.close()
+        }
+    }
+
+    /// Rank 0 makes the closed file at `tmp` durable, hashes it from the page cache meanwhile
+    /// (`checksum`) and renames it to `path` (or removes it); every rank returns the outcome. Collective.
+    static func publish(_ tmp: String, as path: String, checksum: (String) throws -> String, bytesIn: Int64,
+                        communicator comm: Communicator, started: Date) throws -> Outcome {
         let tWritten = Date()
-        // Rank 0 makes the file durable, hashes it from the page cache meanwhile, and renames it.
         var result: (String, Int64)? = nil
         var finishError: String? = nil
         if comm.isRoot {
@@ -315,13 +333,13 @@ public enum ParallelStackWriter {
                 finishError = "\(error)"
             }
         }
-        try agree(finishError)
+        if let m = comm.firstError(finishError) { throw ParallelNexusError(path: path, message: m) }
         let sha = comm.broadcast(result?.0 ?? "")
         let size = Int64(comm.max(Int(result?.1 ?? 0)))
         if comm.isRoot { profile(path, written: tWritten.timeIntervalSince(started), finished: Date().timeIntervalSince(tWritten)) }
         let rss = peakRSS()
         let rootRSS = Int64(comm.broadcast(String(rss))) ?? rss
-        return Outcome(output: path, outputSHA256: sha, outputSize: size, bytesIn: g.totalBytes, ranks: comm.size,
+        return Outcome(output: path, outputSHA256: sha, outputSize: size, bytesIn: bytesIn, ranks: comm.size,
                        seconds: Date().timeIntervalSince(started), peakRSSMax: Int64(comm.max(Int(rss))), peakRSSRoot: rootRSS)
     }
 
@@ -348,9 +366,14 @@ final class DirectChunks {
     let bound: Int
     var sizes: [Int]
 
-    init?(geometry g: ScanGeometry, options: ParallelStackWriter.Options, communicator: Communicator, stepFrames: Int) {
+    /// Frames per chunk where the chunks tile every scan row (so steps hold whole chunks), else nil.
+    static func framesPerChunk(_ g: ScanGeometry, _ options: ParallelStackWriter.Options) -> Int? {
         let k = max(1, min(options.chunkFrames, g.scanX))
-        guard !communicator.usesMPI, g.scanX % k == 0, stepFrames > 0 else { return nil }
+        return g.scanX % k == 0 ? k : nil
+    }
+
+    init?(geometry g: ScanGeometry, options: ParallelStackWriter.Options, communicator: Communicator, stepFrames: Int) {
+        guard !communicator.usesMPI, let k = Self.framesPerChunk(g, options), stepFrames > 0 else { return nil }
         switch options.compression {
         case .none: codec = nil
         case .bitshuffleLZ4: guard let c = BitshuffleLZ4.shared else { return nil }; codec = c
@@ -366,8 +389,8 @@ final class DirectChunks {
     deinit { out.deallocate() }
 
     func write(_ s: ParallelStackWriter.Step, from buf: ParallelStackWriter.StepBuffer, to ds: ArrayDataset) throws {
-        let perRow = s.nx / k, chunks = s.ny * perRow
-        func offset(_ c: Int) -> [Int] { [s.y + c / perRow, s.x + (c % perRow) * k, 0, 0] }
+        let chunks = s.ny * s.nx / k
+        func offset(_ c: Int) -> [Int] { s.chunkOrigin(c, framesPerChunk: k) }
         guard let codec else {
             for c in 0..<chunks {
                 try ds.writeChunk(at: offset(c), UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf.frames)[(c * chunkBytes)..<((c + 1) * chunkBytes)]))

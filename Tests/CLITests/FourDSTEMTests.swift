@@ -40,6 +40,8 @@ final class FourDSTEMTests: XCTestCase {
     }
 
     /// An odd number of scan rows (7) split over 1, 2 and 3 ranks, for none, deflate and bitshuffle+LZ4.
+    /// bitshuffle+LZ4 on 2 ranks (one frame a chunk) is compressed by both and stored by rank 0; on 3
+    /// (two frames a chunk, which do not tile the 5-frame rows) it goes through HDF5's collective writes.
     func testEveryCompressionOnOneTwoThreeRanksKeepsEveryFrame() throws {
         let mib = try FourDFixtures.generate(in: t.file("drop"), ["--format", "mib", "--scan", "7x5", "--frame", "32x24", "--depth", "12"])
         var pairs: [(String, String)] = []
@@ -61,6 +63,8 @@ final class FourDSTEMTests: XCTestCase {
                     XCTAssertTrue(envLine.contains("OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader HWLOC_COMPONENTS=-linuxio,-pci HWLOC_PLUGINS_BLACKLIST=hwloc_pci,"), envLine)
                     XCTAssertTrue(envLine.contains(" PMIX_MCA_gds=hash OMPI_MCA_mpi_yield_when_idle=1"), envLine)
                 } else { XCTAssertTrue(results.isEmpty) }
+                let notes = try ProcessRunner.shell("cat '\(t.path)'/ws-\(name)/runs/*/results/convert/*.jsonl").stdout
+                XCTAssertEqual(notes.contains("chunks compressed on every rank and stored by rank 0"), ranks == 2 && comp == "bitshuffle", "\(name): \(notes)")
             }
         }
         let checks = try FourDFixtures.check(pairs)
@@ -216,6 +220,24 @@ final class FourDSTEMTests: XCTestCase {
         let notes = try ProcessRunner.shell("cat '\(t.path)'/ws-midway/runs/*/results/convert/*.jsonl").stdout
         XCTAssertTrue(notes.contains("on 2 rank(s)") && notes.contains("output hashed while written"), notes)
         XCTAssertEqual(try outputs("midway").count, 1)
+
+        // Compressed, the same steps go to the same ranks: rank 1 finds the mismatch while rank 0 stores
+        // the chunks both compressed; both stop, and the file rank 0 had open is removed.
+        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U08".utf8))
+        _ = t.write("drop-long/long.mib", late)
+        t.write("midway-bs.yaml", """
+            name: midway-bs
+            inputs: [{path: drop-long, include: ["*.mib"]}]
+            outputs: {root: out-midway-bs}
+            workspace: ws-midway-bs
+            stages:
+              convert: {uses: convert, resources: {ranks: 2}, with: {to: nxem-4d, compression: bitshuffle, buffer_mib: 1}}
+            """)
+        let midwayBS = try emflow(["run", t.file("midway-bs.yaml")])
+        XCTAssertEqual(midwayBS.status, 1, midwayBS.combined)
+        XCTAssertTrue(midwayBS.stdout.contains("rank 1: ") && midwayBS.stdout.contains("header/size mismatch: frame 643 says 64×64 U08"), midwayBS.stdout)
+        XCTAssertEqual(try outputs("midway-bs"), [])
+        XCTAssertEqual(try temporaries("midway-bs"), "")
 
         // A declared shape that does not fit the file size.
         _ = t.write("raw/frames.bin", [UInt8](repeating: 7, count: 10 * 16 * 16 * 2))

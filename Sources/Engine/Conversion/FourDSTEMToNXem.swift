@@ -65,6 +65,8 @@ public struct FourDSTEMToNXem: Sendable {
         public var hashedWhileWriting: Bool? = nil
         /// The frames were written past the page cache (direct I/O).
         public var directIO: Bool? = nil
+        /// The ranks (one node) compressed the chunks, and rank 0 stored them.
+        public var storedByRoot: Bool? = nil
         public var compressionRatio: Double { outputSize > 0 ? Double(bytesIn) / Double(outputSize) : 0 }
     }
 
@@ -184,7 +186,7 @@ public struct FourDSTEMToNXem: Sendable {
                       outputSHA256: outcome.outputSHA256, outputSize: outcome.outputSize, bytesIn: outcome.bytesIn, seconds: outcome.seconds,
                       peakRSSMax: outcome.peakRSSMax, peakRSSRoot: outcome.peakRSSRoot, reused: false, warnings: warnings,
                       version: choice.version, predecessor: choice.predecessor, startTime: startTime, hashedWhileWriting: outcome.hashedWhileWriting,
-                      directIO: outcome.directIO)
+                      directIO: outcome.directIO, storedByRoot: outcome.storedByRoot)
     }
 
     /// Rank 0's choice of version, with the predecessor note, as broadcast to the other ranks.

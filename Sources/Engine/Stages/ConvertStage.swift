@@ -244,7 +244,8 @@ public struct ConvertStage: Stage {
         out.notes = ["\(r.format) \(r.shape.map(String.init).joined(separator: "×")) \(r.dataType) on \(r.ranks) rank(s), \(r.compression)" +
                      (r.reused ? " (already written by this task)" : ", ratio \(String(format: "%.2f", r.compressionRatio))\(rate), peak RSS \(formatBytes(r.peakRSSMax)) per rank") +
                      (r.hashedWhileWriting == true ? ", output hashed while written" : "") +
-                     (r.directIO == true ? ", frames written with direct I/O" : "")] + r.warnings
+                     (r.directIO == true ? ", frames written with direct I/O" : "") +
+                     (r.storedByRoot == true ? ", chunks compressed on every rank and stored by rank 0" : "")] + r.warnings
         return out
     }
 
