@@ -295,9 +295,9 @@ extension ParallelStackWriter {
                         do throws(ParallelNexusError) {
                             try HDF5Library.serialized { () throws(ParallelNexusError) in
                                 for c in 0..<(s.ny * s.nx / k) {
-                                    let n = Int(memory.load(fromByteOffset: c * 8, as: Int64.self))
+                                    let bytes = Int(memory.load(fromByteOffset: c * 8, as: Int64.self))
                                     let at = sizesBytes + c * bound
-                                    try target.value.writeChunk(at: s.chunkOrigin(c, framesPerChunk: k), UnsafeRawBufferPointer(rebasing: memory[at..<(at + n)]))
+                                    try target.value.writeChunk(at: s.chunkOrigin(c, framesPerChunk: k), UnsafeRawBufferPointer(rebasing: memory[at..<(at + bytes)]))
                                 }
                             }
                         } catch {

@@ -238,6 +238,18 @@ final class FourDSTEMTests: XCTestCase {
         XCTAssertTrue(midwayBS.stdout.contains("rank 1: ") && midwayBS.stdout.contains("header/size mismatch: frame 643 says 64×64 U08"), midwayBS.stdout)
         XCTAssertEqual(try outputs("midway-bs"), [])
         XCTAssertEqual(try temporaries("midway-bs"), "")
+        // Mended: eight steps, four a rank, so each rank compresses into its first slot again once rank 0
+        // has stored what it held; every frame must come out right.
+        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U16".utf8))
+        _ = t.write("drop-long/long.mib", late)
+        let mendedBS = try emflow(["run", t.file("midway-bs.yaml")])
+        XCTAssertEqual(mendedBS.status, 0, mendedBS.combined)
+        let notesBS = try ProcessRunner.shell("cat '\(t.path)'/ws-midway-bs/runs/*/results/convert/*.jsonl").stdout
+        XCTAssertTrue(notesBS.contains("on 2 rank(s)") && notesBS.contains("chunks compressed on every rank and stored by rank 0"), notesBS)
+        let outBS = try outputs("midway-bs")
+        let checksBS = try FourDFixtures.check(outBS.map { ($0, long) })
+        XCTAssertTrue(checksBS.count == 1 && checksBS[0].hasPrefix("ok ") && checksBS[0].contains("frames=1024/1024"), checksBS.joined(separator: "\n"))
+        XCTAssertEqual(try NexusValidator.problems(outBS), [:])
 
         // A declared shape that does not fit the file size.
         _ = t.write("raw/frames.bin", [UInt8](repeating: 7, count: 10 * 16 * 16 * 2))
