@@ -190,66 +190,44 @@ final class FourDSTEMTests: XCTestCase {
         XCTAssertEqual(try outputs("bad").map { ($0 as NSString).lastPathComponent }, ["good.nxs"])
         XCTAssertEqual(try temporaries("bad"), "")
 
-        // The same mismatch found mid-write, in a step of the second of two ranks that fill their chunks
-        // themselves (uncompressed, the input's checksum known): both stop, nothing is left.
+        // The same mismatch found mid-write, in a step of the second of two ranks on one node: uncompressed
+        // (the input's checksum known), each rank filling its chunks itself; bitshuffle+LZ4, both ranks
+        // compressing while rank 0 stores the chunks. Both stop and nothing is left. Mended, the same
+        // command converts it with every frame right: eight steps, four a rank, so each rank's buffers
+        // (or slots) are used again once rank 0 is done with them.
         let long = try FourDFixtures.generate(in: t.file("drop-long"), ["--format", "mib", "--scan", "64x16", "--frame", "64x64", "--name", "long"])
-        var late = [UInt8](FileManager.default.contents(atPath: long)!)
+        let clean = [UInt8](FileManager.default.contents(atPath: long)!)
         let lateAt = (384 + 64 * 64 * 2) * (5 * 8 * 16 + 3) + 30   // 1 MiB steps of 8 rows: step 5 is rank 1's third
-        XCTAssertEqual(String(decoding: late[lateAt..<(lateAt + 3)], as: UTF8.self), "U16")
-        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U08".utf8))
-        _ = t.write("drop-long/long.mib", late)
-        t.write("midway.yaml", """
-            name: midway
-            inputs: [{path: drop-long, include: ["*.mib"]}]
-            outputs: {root: out-midway}
-            workspace: ws-midway
-            stages:
-              checksum: {uses: checksum, with: {manifest: false}}
-              convert: {uses: convert, needs: [checksum], resources: {ranks: 2}, with: {to: nxem-4d, compression: none, buffer_mib: 1}}
-            """)
-        let midway = try emflow(["run", t.file("midway.yaml")])
-        XCTAssertEqual(midway.status, 1, midway.combined)
-        XCTAssertTrue(midway.stdout.contains("rank 1: ") && midway.stdout.contains("header/size mismatch: frame 643 says 64×64 U08"), midway.stdout)
-        XCTAssertEqual(try outputs("midway"), [])
-        XCTAssertEqual(try temporaries("midway"), "")
-        // Mended, the same command converts it that way, hashed as it is written.
-        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U16".utf8))
-        _ = t.write("drop-long/long.mib", late)
-        let mended = try emflow(["run", t.file("midway.yaml")])
-        XCTAssertEqual(mended.status, 0, mended.combined)
-        let notes = try ProcessRunner.shell("cat '\(t.path)'/ws-midway/runs/*/results/convert/*.jsonl").stdout
-        XCTAssertTrue(notes.contains("on 2 rank(s)") && notes.contains("output hashed while written"), notes)
-        XCTAssertEqual(try outputs("midway").count, 1)
-
-        // Compressed, the same steps go to the same ranks: rank 1 finds the mismatch while rank 0 stores
-        // the chunks both compressed; both stop, and the file rank 0 had open is removed.
-        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U08".utf8))
-        _ = t.write("drop-long/long.mib", late)
-        t.write("midway-bs.yaml", """
-            name: midway-bs
-            inputs: [{path: drop-long, include: ["*.mib"]}]
-            outputs: {root: out-midway-bs}
-            workspace: ws-midway-bs
-            stages:
-              convert: {uses: convert, resources: {ranks: 2}, with: {to: nxem-4d, compression: bitshuffle, buffer_mib: 1}}
-            """)
-        let midwayBS = try emflow(["run", t.file("midway-bs.yaml")])
-        XCTAssertEqual(midwayBS.status, 1, midwayBS.combined)
-        XCTAssertTrue(midwayBS.stdout.contains("rank 1: ") && midwayBS.stdout.contains("header/size mismatch: frame 643 says 64×64 U08"), midwayBS.stdout)
-        XCTAssertEqual(try outputs("midway-bs"), [])
-        XCTAssertEqual(try temporaries("midway-bs"), "")
-        // Mended: eight steps, four a rank, so each rank compresses into its first slot again once rank 0
-        // has stored what it held; every frame must come out right.
-        late.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U16".utf8))
-        _ = t.write("drop-long/long.mib", late)
-        let mendedBS = try emflow(["run", t.file("midway-bs.yaml")])
-        XCTAssertEqual(mendedBS.status, 0, mendedBS.combined)
-        let notesBS = try ProcessRunner.shell("cat '\(t.path)'/ws-midway-bs/runs/*/results/convert/*.jsonl").stdout
-        XCTAssertTrue(notesBS.contains("on 2 rank(s)") && notesBS.contains("chunks compressed on every rank and stored by rank 0"), notesBS)
-        let outBS = try outputs("midway-bs")
-        let checksBS = try FourDFixtures.check(outBS.map { ($0, long) })
-        XCTAssertTrue(checksBS.count == 1 && checksBS[0].hasPrefix("ok ") && checksBS[0].contains("frames=1024/1024"), checksBS.joined(separator: "\n"))
-        XCTAssertEqual(try NexusValidator.problems(outBS), [:])
+        XCTAssertEqual(String(decoding: clean[lateAt..<(lateAt + 3)], as: UTF8.self), "U16")
+        var broken = clean
+        broken.replaceSubrange(lateAt..<(lateAt + 3), with: Array("U08".utf8))
+        for (name, compression, way) in [("midway", "none", "output hashed while written"),
+                                         ("midway-bs", "bitshuffle", "chunks compressed on every rank and stored by rank 0")] {
+            _ = t.write("drop-long/long.mib", broken)
+            t.write("\(name).yaml", """
+                name: \(name)
+                inputs: [{path: drop-long, include: ["*.mib"]}]
+                outputs: {root: out-\(name)}
+                workspace: ws-\(name)
+                stages:
+                  checksum: {uses: checksum, with: {manifest: false}}
+                  convert: {uses: convert, needs: [checksum], resources: {ranks: 2}, with: {to: nxem-4d, compression: \(compression), buffer_mib: 1}}
+                """)
+            let midway = try emflow(["run", t.file("\(name).yaml")])
+            XCTAssertEqual(midway.status, 1, midway.combined)
+            XCTAssertTrue(midway.stdout.contains("rank 1: ") && midway.stdout.contains("header/size mismatch: frame 643 says 64×64 U08"), midway.stdout)
+            XCTAssertEqual(try outputs(name), [])
+            XCTAssertEqual(try temporaries(name), "")
+            _ = t.write("drop-long/long.mib", clean)
+            let mended = try emflow(["run", t.file("\(name).yaml")])
+            XCTAssertEqual(mended.status, 0, mended.combined)
+            let notes = try ProcessRunner.shell("cat '\(t.path)'/ws-\(name)/runs/*/results/convert/*.jsonl").stdout
+            XCTAssertTrue(notes.contains("on 2 rank(s)") && notes.contains(way), notes)
+            let out = try outputs(name)
+            let checks = try FourDFixtures.check(out.map { ($0, long) })
+            XCTAssertTrue(checks.count == 1 && checks[0].hasPrefix("ok ") && checks[0].contains("frames=1024/1024"), checks.joined(separator: "\n"))
+            XCTAssertEqual(try NexusValidator.problems(out), [:])
+        }
 
         // A declared shape that does not fit the file size.
         _ = t.write("raw/frames.bin", [UInt8](repeating: 7, count: 10 * 16 * 16 * 2))
