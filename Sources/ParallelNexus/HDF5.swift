@@ -167,8 +167,9 @@ public final class HDF5File {
     /// chunks: 16 to 32 leaves (as full as HDF5's splits leave them) whatever the count, between 32
     /// and 2048. With the default, a stack of 8192 chunks has 128 leaves; each node lies between two
     /// runs of chunks in the file, so finding where the chunks went took ~1000 lookups (30 ms)
-    /// instead of ~60, and allocating them took longer. A node of 2K entries is ~56 × 2K bytes (one of 57 KB at K = 512), and a file with a
-    /// non-default K has a version 1 superblock, which HDF5 1.6 and later read.
+    /// instead of ~60, and allocating them took longer. A node of 2K entries is ~56 × 2K bytes (one of
+    /// 57 KB at K = 512), and a file with a non-default K has a version 1 superblock, which HDF5 1.6
+    /// and later read.
     static func chunkIndexK(chunks: Int) -> Int {
         var k = 32
         while k < 2048 && 2 * k * 16 < chunks { k *= 2 }

@@ -97,6 +97,14 @@ extension PreallocatedLayout {
 }
 
 extension ParallelStackWriter {
+    /// The steps of the whole scan (at most `preallocatedStep` each) and this rank's share of them, dealt
+    /// in turns so that the file fills front to back: step n of the deal is rank n % size's n / size.
+    static func dealtSteps(_ g: ScanGeometry, framesPerChunk k: Int, options: Options,
+                           communicator comm: Communicator) -> (all: [Step], mine: [Step]) {
+        let all = steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: min(options.bufferBytes, preallocatedStep))
+        return (all, stride(from: comm.rank, to: all.count, by: comm.size).map { all[$0] })
+    }
+
     /// Several ranks on one node, uncompressed frames, a file that `PreallocatedLayout` describes
     /// (closed, at `tmp`; `layout` given on rank 0): written as one process writes it
     /// (`writePreallocated`), with the steps dealt out to the ranks in turns. Each rank fills the chunks
@@ -119,9 +127,7 @@ extension ParallelStackWriter {
         guard let layout = PreallocatedLayout(encoded: comm.broadcast(rootLayout?.encoded ?? [])) else { return nil }
         let g = source.geometry
         let k = layout.framesPerChunk, chunkBytes = k * g.frameBytes
-        // Steps dealt in turns, so that the file fills front to back (the hash's order).
-        let dealt = steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: min(options.bufferBytes, preallocatedStep))
-        let mine = stride(from: comm.rank, to: dealt.count, by: comm.size).map { dealt[$0] }
+        let (dealt, mine) = dealtSteps(g, framesPerChunk: k, options: options, communicator: comm)
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let stepBytes = ((dealt.map { $0.ny * $0.nx }.max() ?? 0) * g.frameBytes + page - 1) / page * page
         // Three buffers per rank: one being read, one written, one waiting to be hashed.
@@ -246,8 +252,7 @@ extension ParallelStackWriter {
               let k = DirectChunks.framesPerChunk(g, options) else { return nil }
         let chunkBytes = k * g.frameBytes, elt = g.pixelType.size
         let bound = (codec.bound(elements: chunkBytes / elt, elementSize: elt) + 63) / 64 * 64
-        let dealt = steps(rows: 0..<g.scanY, scanX: g.scanX, frameBytes: g.frameBytes, chunkFrames: k, budget: min(options.bufferBytes, preallocatedStep))
-        let mine = stride(from: comm.rank, to: dealt.count, by: comm.size).map { dealt[$0] }
+        let (dealt, mine) = dealtSteps(g, framesPerChunk: k, options: options, communicator: comm)
         // A slot: each chunk's compressed size, then the chunks, each at most `bound` bytes.
         let slotChunks = (dealt.map { $0.ny * $0.nx }.max() ?? 0) / k
         let sizesBytes = (slotChunks * 8 + 63) / 64 * 64, slotBytes = sizesBytes + slotChunks * bound

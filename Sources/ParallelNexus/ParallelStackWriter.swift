@@ -154,7 +154,8 @@ public enum ParallelStackWriter {
     /// returns fields (path under the entry → string) that every rank then writes. Without it,
     /// uncompressed frames on one node go straight into the chunks HDF5 reserved, and the file is hashed
     /// as it is written (`PreallocatedLayout`): by one process, or by several ranks taking the steps in
-    /// turns, rank 0 hashing them from memory the ranks share (`writePreallocatedOnOneNode`).
+    /// turns, rank 0 hashing them from memory the ranks share (`writePreallocatedOnOneNode`). The ranks
+    /// of one node compress bitshuffle+LZ4 chunks each and rank 0 stores them (`writeCompressedOnOneNode`).
     public static func write(_ doc: NXemDocument, source: FrameSource, to path: String, communicator comm: Communicator,
                              options: Options, late: (() throws -> [String: String])? = nil,
                              checksum: @escaping (String) throws -> String,
