@@ -54,7 +54,7 @@ let tests: [Target] = [
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "SlurmAdapterTests", dependencies: ["SlurmAdapter", "TestSupport"]),
     .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),
-    .testTarget(name: "CLITests", dependencies: ["TestSupport", "ParallelNexus"]),
+    .testTarget(name: "CLITests", dependencies: ["TestSupport", "ParallelNexus", "POSIXFiles"]),
 ]
 
 let package = Package(

@@ -147,10 +147,12 @@ public final class RunDriver: Sendable {
         if let runID, let runDir {
             do {
                 try makeDirectories(Path.join(runDir, "results"))
-                try AtomicFile.write(specText, to: Path.join(runDir, "spec.yaml"))
+                // In the catalog first: a run killed while writing its spec is found (and its directory
+                // cleaned) by the next one.
                 try catalog.insert(run: RunRecord(id: runID, workflow: workflow.name, specPath: workflow.sourceFile,
                                                   specSHA256: specSHA256, executor: "local", startedAt: started, state: "running",
                                                   items: items.count, emflowVersion: EmflowVersion.current))
+                try AtomicFile.write(specText, to: Path.join(runDir, "spec.yaml"))
             } catch let e as POSIXFileError { throw .io(e) } catch let e as CatalogError { throw .catalog(e) } catch { throw .input("\(error)") }
             options.log("run \(runID): \(workflow.name), \(items.count) item(s), \(workflow.stages.count) stage(s), workspace \(workflow.workspace)")
         }
@@ -373,6 +375,7 @@ public final class RunDriver: Sendable {
         do { runs = try catalog.unfinishedRuns() } catch { throw .catalog(error) }
         // Slurm runs are followed by their monitor: their jobs may still be running.
         for run in runs where run.executor != "slurm" {
+            AtomicFile.removeStaleTemporaries(in: Path.join(runsDirectory, run.id))
             let dir = Path.join(Path.join(runsDirectory, run.id), "results")
             var ingested = 0
             for stageDir in (try? listDirectory(dir)) ?? [] {

@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import TestSupport
+import POSIXFiles
 
 /// The emflow binary as a user runs it: exit codes, messages, and crash safety under kill -9.
 final class CLITests: XCTestCase {
@@ -103,6 +104,30 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.combined)
         let rerun = try emflow(["run", spec])
         XCTAssertTrue(rerun.stdout.contains("nothing to do"), rerun.stdout)
+    }
+
+    /// A run killed while writing a SHA256SUMS manifest leaves its temporary beside it; files
+    /// checksummed in place have their manifest under the managed root, where no other task writes.
+    /// The next run that writes that manifest removes the temporary of the process that is gone.
+    func testAManifestRewrittenAfterAKillLeavesNoTemporary() throws {
+        makeDrop(files: 2, size: 4096)
+        let spec = t.write("inplace.yaml", """
+            name: inplace
+            inputs: [{path: drop, include: ["**/*.tif"]}]
+            outputs: {root: managed}
+            stages:
+              checksum: {uses: checksum}
+            """)
+        XCTAssertEqual(try emflow(["run", spec]).status, 0)
+        let manifest = try ProcessRunner.shell("find '\(t.path)/managed' -name SHA256SUMS -path '*P0*'").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(manifest.hasSuffix("/drop/P0/S0/E1/SHA256SUMS"), manifest)
+        let stale = Path.directory(of: manifest) + "/" + AtomicFile.temporaryPrefix + "\(AtomicFile.hostName)-999999999-x-SHA256SUMS"
+        XCTAssertTrue(FileManager.default.createFile(atPath: stale, contents: Data("partial".utf8)))
+        t.write("drop/P0/S0/E1/img_new.tif", [UInt8](repeating: 1, count: 4096))
+        let again = try emflow(["run", spec])
+        XCTAssertEqual(again.status, 0, again.combined)
+        XCTAssertTrue(String(decoding: FileManager.default.contents(atPath: manifest) ?? Data(), as: UTF8.self).contains("img_new.tif"))
+        XCTAssertEqual(try ProcessRunner.shell("find '\(t.path)/managed' -name '.emflow-tmp-*'").stdout, "")
     }
 
     func testSecondDriverOnTheSameWorkspaceIsRefused() throws {

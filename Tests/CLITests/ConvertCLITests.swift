@@ -51,7 +51,8 @@ final class ConvertCLITests: XCTestCase {
         XCTAssertEqual(nxs.count, good, "one NeXus file per good input, no duplicate versions after kills")
         XCTAssertFalse(nxs.contains { $0.contains(".v2.") })
         let tmp = try ProcessRunner.shell("find '\(t.path)/managed' -name '.emflow-tmp-*' | wc -l")
-        XCTAssertEqual(tmp.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "0")
+        let listing = try ProcessRunner.shell("find '\(t.path)/managed' -name '.emflow-tmp-*' -ls").stdout
+        XCTAssertEqual(tmp.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "0", listing)
         XCTAssertEqual(try NexusValidator.problems(nxs), [:])
         // The catalog knows each output with its checksum.
         let db = t.file("managed/.emflow/catalog.sqlite")

@@ -71,6 +71,8 @@ public struct ChecksumStage: Stage {
                     outputs.append(OutputInfo(path: target, size: Int64(existing.count), sha256: SHA256Hasher.hash(existing)))
                     continue
                 }
+                // A run killed while writing it left its temporary here, which no other task may visit.
+                AtomicFile.removeStaleTemporaries(in: Path.directory(of: target))
                 try AtomicFile.write(body, to: target)
                 outputs.append(OutputInfo(path: target, size: Int64(body.utf8.count), sha256: SHA256Hasher.hash(body)))
             } catch {

@@ -42,6 +42,7 @@ public struct ReadmeStage: Stage {
             if let existing = try? readFile(target), existing == Array(text.utf8) {
                 // Same text: leave the file (and its mtime) alone.
             } else {
+                AtomicFile.removeStaleTemporaries(in: dir)  // what a run killed while writing it left
                 try AtomicFile.write(text, to: target)
             }
         } catch { throw StageError(error) }
