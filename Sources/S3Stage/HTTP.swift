@@ -34,16 +34,32 @@ struct TransportError: Error {
     }
 }
 
+/// What a request sends: bytes in memory, or a range of an open file that is read as it goes out
+/// (an upload part never sits whole in memory).
+enum RequestBody {
+    case bytes(UnsafeRawBufferPointer)
+    case file(descriptor: Int32, offset: Int64, count: Int)
+
+    var count: Int {
+        switch self {
+        case .bytes(let b): b.count
+        case .file(_, _, let n): n
+        }
+    }
+}
+
 /// State the C callbacks reach through their user pointer.
 private final class Exchange {
-    var body: UnsafeRawBufferPointer
+    var body: RequestBody
     var sent = 0
+    /// errno of a failed read of a file body (the request is aborted).
+    var readErrno: Int32 = 0
     var status = 0
     var headers: [String: String] = [:]
-    var sink: ((UnsafeRawBufferPointer) -> Bool)?
+    var sink: ((Int, UnsafeRawBufferPointer) -> Bool)?
     var collected: [UInt8] = []
     var sinkRefused = false
-    init(body: UnsafeRawBufferPointer, sink: ((UnsafeRawBufferPointer) -> Bool)?) { self.body = body; self.sink = sink }
+    init(body: RequestBody, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) { self.body = body; self.sink = sink }
 }
 
 private let headerCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, n, user in
@@ -69,7 +85,7 @@ private let writeCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, In
     let count = size * n
     let chunk = UnsafeRawBufferPointer(start: ptr, count: count)
     if (200..<300).contains(ex.status), let sink = ex.sink {
-        if !sink(chunk) { ex.sinkRefused = true; return 0 }
+        if !sink(ex.status, chunk) { ex.sinkRefused = true; return 0 }
     } else if ex.collected.count < 1 << 20 {
         ex.collected.append(contentsOf: chunk)
     }
@@ -80,9 +96,19 @@ private let readCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int
     let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
     let want = min(size * n, ex.body.count - ex.sent)
     guard want > 0 else { return 0 }
-    UnsafeMutableRawPointer(ptr!).copyMemory(from: ex.body.baseAddress! + ex.sent, byteCount: want)
-    ex.sent += want
-    return want
+    switch ex.body {
+    case .bytes(let b):
+        UnsafeMutableRawPointer(ptr!).copyMemory(from: b.baseAddress! + ex.sent, byteCount: want)
+        ex.sent += want
+        return want
+    case .file(let fd, let offset, _):
+        var got: Int
+        repeat { got = pread(fd, ptr!, want, off_t(offset) + off_t(ex.sent)) } while got < 0 && errno == EINTR
+        // A file that shrank under the upload reads short: that is a failure, not an early end.
+        guard got > 0 else { ex.readErrno = got == 0 ? EIO : errno; return emflow_curl_readfunc_abort() }
+        ex.sent += got
+        return got
+    }
 }
 
 /// libcurl resends a body when a reused connection turns out dead: start the body over.
@@ -109,11 +135,11 @@ final class CurlHandle: @unchecked Sendable {
     deinit { curl_easy_cleanup(h) }
 
     /// Performs one request. `body` must stay valid for the call. `sink` receives a 2xx body as it
-    /// arrives (return false to abort); without one the body is collected.
-    func perform(method: String, url: String, headers: [(String, String)], body: UnsafeRawBufferPointer?,
-                 settings: HTTPSettings, sink: ((UnsafeRawBufferPointer) -> Bool)?) throws(TransportError) -> HTTPResponse {
+    /// arrives, with the status (return false to abort); without one the body is collected.
+    func perform(method: String, url: String, headers: [(String, String)], body: RequestBody?,
+                 settings: HTTPSettings, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) throws(TransportError) -> HTTPResponse {
         curl_easy_reset(h)
-        let ex = Exchange(body: body ?? UnsafeRawBufferPointer(start: nil, count: 0), sink: sink)
+        let ex = Exchange(body: body ?? .bytes(UnsafeRawBufferPointer(start: nil, count: 0)), sink: sink)
         let user = Unmanaged.passUnretained(ex).toOpaque()
         var list: UnsafeMutablePointer<curl_slist>? = nil
         // No "Expect: 100-continue" round trip before each upload.
@@ -160,6 +186,9 @@ final class CurlHandle: @unchecked Sendable {
         if code != CURLE_OK {
             let detail = String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             let text = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
+            if ex.readErrno != 0 {
+                throw TransportError(code: Int(code.rawValue), message: "reading the source failed: \(String(cString: strerror(ex.readErrno)))")
+            }
             throw TransportError(code: Int(code.rawValue), message: ex.sinkRefused ? "the download was stopped: \(text)" : text)
         }
         return HTTPResponse(status: ex.status, headers: ex.headers, body: ex.collected)

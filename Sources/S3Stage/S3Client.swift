@@ -76,7 +76,7 @@ public final class S3Client: Sendable {
 
     /// Sends once (no retries): signs with the current time, performs, and turns a non-2xx reply into
     /// an S3Error. `body` must stay valid during the call.
-    func sendOnce(_ r: Request, body: UnsafeRawBufferPointer?, sink: ((UnsafeRawBufferPointer) -> Bool)?) throws(S3Error) -> HTTPResponse {
+    func sendOnce(_ r: Request, body: RequestBody?, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) throws(S3Error) -> HTTPResponse {
         let (host, path) = target(bucket: r.bucket, key: r.key)
         let date = Self.amzDate()
         var headers = r.headers + [("host", host), ("x-amz-date", date), ("x-amz-content-sha256", r.payloadHash)]
@@ -149,7 +149,7 @@ public final class S3Client: Sendable {
     func send(_ r: Request, body: [UInt8]? = nil) throws(S3Error) -> HTTPResponse {
         try retrying(r.operation) { () throws(S3Error) in
             if let body {
-                return try body.withUnsafeBytes { b in Result { () throws(S3Error) in try sendOnce(r, body: b, sink: nil) } }.get()
+                return try body.withUnsafeBytes { b in Result { () throws(S3Error) in try sendOnce(r, body: .bytes(b), sink: nil) } }.get()
             }
             return try sendOnce(r, body: nil, sink: nil)
         }
@@ -247,13 +247,40 @@ public final class S3Client: Sendable {
     /// verifies (a damaged body is refused, then retried). Returns the ETag.
     @discardableResult
     public func put(bucket: String, key: String, body: [UInt8], contentType: String? = nil, metadata: [String: String] = [:]) throws(S3Error) -> String {
-        let digest = Digester.digest(.sha256, body)
+        try body.withUnsafeBytes { b in
+            Result { () throws(S3Error) in
+                try put(bucket: bucket, key: key, body: .bytes(b), source: nil, digest: Digester.digest(.sha256, b),
+                        contentType: contentType, metadata: metadata)
+            }
+        }.get()
+    }
+
+    /// As `put`, for a body whose SHA-256 is known (read from `source` as it goes out, for a file).
+    func put(bucket: String, key: String, body: RequestBody, source: String?, digest: [UInt8], contentType: String?,
+             metadata: [String: String]) throws(S3Error) -> String {
         var r = Request(operation: "PutObject", method: "PUT", bucket: bucket, key: key, payloadHash: hex(digest))
         r.headers = Self.metadataHeaders(metadata.merging(["sha256": hex(digest)]) { a, _ in a })
         r.headers.append(("x-amz-checksum-sha256", Data(digest).base64EncodedString()))
         if let contentType { r.headers.append(("content-type", contentType)) }
-        let resp = try send(r, body: body)
+        let resp = try sendChecked(r, body: body, source: source, digest: digest, what: "the file")
         return Self.unquote(resp.headers["etag"] ?? "")
+    }
+
+    /// Sends a body the server checks against `digest`, retrying a damaged transfer. When the server
+    /// refuses it and a file body no longer hashes to `digest`, the source changed since it was hashed:
+    /// that fails at once as SourceChanged (retrying cannot help).
+    func sendChecked(_ r: Request, body: RequestBody, source: String?, digest: [UInt8], what: String) throws(S3Error) -> HTTPResponse {
+        try retrying(r.operation) { () throws(S3Error) in
+            do throws(S3Error) { return try sendOnce(r, body: body, sink: nil) } catch {
+                if error.code == "BadDigest" || error.code == "InvalidDigest", let source, case .file(let fd, let offset, let count) = body,
+                   (try? Self.digest(of: fd, path: source, at: offset, count: count)) != digest {
+                    throw S3Error(operation: r.operation, bucket: r.bucket, key: r.key, status: error.status, code: "SourceChanged",
+                                  message: "\(what) no longer reads as it did when \(source) was hashed",
+                                  hint: "the source file changed during the upload; the upload was aborted — run the same command again once the file is complete")
+                }
+                throw error
+            }
+        }
     }
 
     static func metadataHeaders(_ m: [String: String]) -> [(String, String)] {
@@ -306,28 +333,17 @@ public final class S3Client: Sendable {
         return id
     }
 
-    /// Uploads one part (number from 1) and returns its ETag and SHA-256 (base64). The part's SHA-256
-    /// is both signed (x-amz-content-sha256) and sent as x-amz-checksum-sha256, so the server refuses
-    /// a part that arrives damaged; one hash serves both. `digest`, when the caller computed it
-    /// earlier, saves hashing here; a part the server refuses is then hashed once more, to tell a
-    /// damaged transfer (retried) from a source file that changed since (not retried).
-    func uploadPart(bucket: String, key: String, uploadID: String, number: Int, body: UnsafeRawBufferPointer,
-                    digest known: [UInt8]? = nil) throws(S3Error) -> (etag: String, checksum: String) {
-        let digest = known ?? Digester.digest(.sha256, body)
+    /// Uploads one part (number from 1), read from `source` as it goes out, and returns its ETag and
+    /// SHA-256 (base64). The part's SHA-256 (`digest`, computed by the caller) is both signed
+    /// (x-amz-content-sha256) and sent as x-amz-checksum-sha256, so the server refuses a part that
+    /// arrives damaged (retried) or that no longer reads as it did when hashed (not retried).
+    func uploadPart(bucket: String, key: String, uploadID: String, number: Int, body: RequestBody, source: String,
+                    digest: [UInt8]) throws(S3Error) -> (etag: String, checksum: String) {
         let checksum = Data(digest).base64EncodedString()
         var r = Request(operation: "UploadPart", method: "PUT", bucket: bucket, key: key,
                         query: [("partNumber", String(number)), ("uploadId", uploadID)], payloadHash: hex(digest))
         r.headers = [("x-amz-checksum-sha256", checksum)]
-        let resp = try retrying("UploadPart") { () throws(S3Error) in
-            do throws(S3Error) { return try sendOnce(r, body: body, sink: nil) } catch {
-                if known != nil, error.code == "BadDigest" || error.code == "InvalidDigest", Digester.digest(.sha256, body) != digest {
-                    throw S3Error(operation: "UploadPart", bucket: bucket, key: key, status: error.status, code: "SourceChanged",
-                                  message: "part \(number) no longer reads as it did when the file was hashed",
-                                  hint: "the source file changed during the upload; the upload was aborted — run the same command again once the file is complete")
-                }
-                throw error
-            }
-        }
+        let resp = try sendChecked(r, body: body, source: source, digest: digest, what: "part \(number)")
         guard let etag = resp.headers["etag"] else {
             throw S3Error(operation: "UploadPart", bucket: bucket, key: key, status: resp.status, code: nil,
                           message: "part \(number) was accepted without an ETag", hint: "the server does not support multipart uploads as S3 does")
