@@ -2,10 +2,11 @@
 """S3 transfer benchmark: emflow's client against s5cmd, rclone and the aws cli, on one local S3 server
 (scripts/s3-server), side by side in one run. Cases: one 1 GiB object up and down, 1000 x 64 KiB
 objects up and down. Client files live in /dev/shm so the disk is not measured. Prints MB/s (median of
-N runs), the ratio of emflow to the fastest peer, and the CPU seconds each client spends per GiB.
+N runs), the ratio of emflow to the fastest peer, the CPU seconds each client spends per GiB and its
+peak resident set (the largest of the runs).
 
 usage: bench_s3.py EMFLOW_BINARY STATE_ENV [RUNS]"""
-import os, resource, shutil, statistics, subprocess, sys, time
+import os, shutil, statistics, subprocess, sys, time
 
 emflow, state = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -32,15 +33,16 @@ for i in range(1000):
 GiB, small_bytes = 1 << 30, 1000 * (64 << 10)
 
 def run(cmd):
-    """wall seconds and child CPU seconds of one command"""
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """wall seconds, CPU seconds and peak resident set (MB) of one command"""
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr.decode()[-2000:]}")
-    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{err.decode()[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
 
 subprocess.run([emflow, "s3", "mb", "s3://bench"], env=env, check=True)
 aws = [venv + "/aws", "--endpoint-url", endpoint]
@@ -86,18 +88,18 @@ cases = [("1 GiB up", up_big, GiB), ("1 GiB down", down_big, GiB),
 # The downloads read what emflow uploaded first: make sure it is there.
 run(up_big("emflow", 0)); run(up_small("emflow", 0))
 print(f"== s3 ({os.cpu_count()} cores, loopback SeaweedFS, client files in /dev/shm, median of {runs})")
-print(f"{'case':<20}" + "".join(f"{t + ' MB/s':>13}" for t in tools) + f"{'emflow/best':>13}   CPU s per GiB: " + " ".join(tools))
+print(f"{'case':<20}" + "".join(f"{t + ' MB/s':>13}" for t in tools) + f"{'emflow/best':>13}   CPU s per GiB / peak RSS MB: " + " ".join(tools))
 for name, make, size in cases:
-    walls = {t: [] for t in tools}; cpus = {t: [] for t in tools}
+    walls = {t: [] for t in tools}; cpus = {t: [] for t in tools}; rss = {t: [] for t in tools}
     for n in range(1, runs + 1):
         for t in tools:  # interleaved, so drift in the server's state hits every tool alike
             cleanup_downloads()
-            w, c = run(make(t, n))
-            walls[t].append(w); cpus[t].append(c)
+            w, c, m = run(make(t, n))
+            walls[t].append(w); cpus[t].append(c); rss[t].append(m)
     mbs = {t: size / statistics.median(walls[t]) / 1e6 for t in tools}
     best_peer = max(mbs[t] for t in tools if t != "emflow")
     cpu = {t: statistics.median(cpus[t]) / (size / GiB) for t in tools}
     print(f"{name:<20}" + "".join(f"{mbs[t]:>13.0f}" for t in tools) + f"{mbs['emflow'] / best_peer:>12.2f}x   " +
-          " ".join(f"{cpu[t]:.1f}" for t in tools))
+          " ".join(f"{cpu[t]:.1f}" for t in tools) + " / " + " ".join(f"{max(rss[t]):.0f}" for t in tools))
     sys.stdout.flush()
 shutil.rmtree(shm, ignore_errors=True)

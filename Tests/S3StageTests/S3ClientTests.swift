@@ -85,6 +85,53 @@ final class S3ClientTests: XCTestCase {
         XCTAssertEqual(try readFile(tmp.file("by-aws-down.bin")), try readFile(other))
     }
 
+    /// A large object goes both ways in bounded memory: parts stream between the file and the network,
+    /// and the in-order hash holds at most its window of blocks (32 MiB), whatever the object's size.
+    /// Holding whole 16 MiB parts, 8 requests at a time, took 128 MiB and more.
+    func testLargeTransfersRunInBoundedMemory() throws {
+        let c = try client(concurrency: 8)   // default 16 MiB parts
+        let bucket = S3TestServer.bucketName("mem")
+        try c.createBucket(bucket)
+        let src = tmp.file("big.bin")
+        let size = 320 << 20
+        do {
+            let out = try XCTUnwrap(FileHandle(forWritingAtPath: { FileManager.default.createFile(atPath: src, contents: nil); return src }()))
+            let urandom = try XCTUnwrap(FileHandle(forReadingAtPath: "/dev/urandom"))
+            for _ in 0..<(size >> 20) { try out.write(contentsOf: urandom.readData(ofLength: 1 << 20)) }
+            try out.close(); try urandom.close()
+        }
+        let sha = try FileHasher.sha256(path: src).sha256
+        /// How much the resident set grew at its peak while `body` ran.
+        func peakGrowth(_ what: String, _ body: () throws -> Void) throws -> Int {
+            func kib(_ field: String) throws -> Int {
+                let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+                let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix(field + ":") })
+                return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
+            }
+            // Memory freed by earlier work goes back to the system first, so that reusing it cannot
+            // hide growth (glibc's malloc_trim, not in Swift's Glibc module).
+            if let trim = dlsym(nil, "malloc_trim") { _ = unsafeBitCast(trim, to: (@convention(c) (Int) -> Int32).self)(0) }
+            try "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)   // peak := now
+            let before = try kib("VmRSS")
+            try body()
+            let growth = (try kib("VmHWM") - before) << 10
+            print("\(what): resident set grew by \(growth >> 20) MiB at its peak")
+            return growth
+        }
+        let limit = 96 << 20
+        XCTAssertLessThan(try peakGrowth("upload") { XCTAssertEqual(try c.upload(file: src, bucket: bucket, key: "big.bin").sha256, sha) }, limit)
+        XCTAssertLessThan(try peakGrowth("upload, sha256 known") {
+            XCTAssertEqual(try c.upload(file: src, bucket: bucket, key: "again.bin", sha256: sha).sha256, sha)
+        }, limit)
+        let dest = tmp.file("down/big.bin")
+        XCTAssertLessThan(try peakGrowth("download") {
+            let r = try c.download(bucket: bucket, key: "big.bin", to: dest)
+            XCTAssertEqual(r.sha256, sha); XCTAssertEqual(r.verifiedBy, "sha256")
+        }, limit)
+        XCTAssertEqual(try FileHasher.sha256(path: dest).sha256, sha)
+        XCTAssertEqual(try listDirectory(tmp.file("down")).map(\.name), ["big.bin"], "no temporary left")
+    }
+
     func testListingPaginatesPastOneThousandKeysAndBatchDeleteRemovesThem() throws {
         let c = try client()
         let bucket = S3TestServer.bucketName("page")
