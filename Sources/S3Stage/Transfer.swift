@@ -353,7 +353,18 @@ extension S3Client {
         do { size = try fd.status().size } catch { throw ioError(error) }
         let rawFD = fd.rawValue
         let part = partSize(for: size)
+        if size <= 1 << 20 {
+            // Small: read once, hashed and sent from memory.
+            var body = [UInt8](repeating: 0, count: Int(size))
+            do { try body.withUnsafeMutableBytes { b in try fd.readFull(into: b, at: 0) } } catch { throw ioError(error) }
+            let sha = SHA256Hasher.hash(body)
+            if let known, known != sha { throw changed(path, bucket, key, known, sha) }
+            let etag = try put(bucket: bucket, key: key, body: body, contentType: contentType, metadata: metadata)
+            progress?(body.count)
+            return TransferResult(size: size, sha256: sha, etag: etag, verifiedBy: "sha256")
+        }
         if size <= Int64(part) {
+            // One PUT read from the file as it goes out (its SHA-256 first, for the headers).
             let digest: [UInt8]
             do { digest = try Self.digest(of: rawFD, path: path, at: 0, count: Int(size)) } catch { throw ioError(error) }
             if let known, known != hex(digest) { throw changed(path, bucket, key, known, hex(digest)) }

@@ -49,6 +49,7 @@ final class S3ClientTests: XCTestCase {
             ("dir with space/ünïcødé µm.tif", Array("small body".utf8)),
             ("P2026-001/S01/E01/raw/big.tif", big),
             ("a+b=c&d?e#f.txt", Array("punctuation".utf8)),
+            ("P2026-001/S01/E02/raw/one-put.tif", random(3 << 20 + 7)),   // one PUT, sent from the file
         ]
         for f in files {
             let path = tmp.write("up/" + f.key.replacingOccurrences(of: "/", with: "_"), f.bytes)
