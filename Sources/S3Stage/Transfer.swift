@@ -45,7 +45,7 @@ final class OrderedHasher: @unchecked Sendable {
 
     init(size: Int64, partSize: Int64, window: Int64, blockSize: Int = 1 << 20, md5: Bool) {
         self.size = size; self.partSize = max(partSize, 1); self.window = max(window, 1)
-        self.blockSize = Int(min(Int64(blockSize), max(self.partSize, 1)))
+        self.blockSize = Int(max(1, min(Int64(blockSize), self.partSize, size)))   // a small object needs no 1 MiB block
         self.md5 = md5 ? Digester(.md5) : nil
         parts = max(1, Int((size + self.partSize - 1) / self.partSize))
         if parts > 1 {
