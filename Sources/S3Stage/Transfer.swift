@@ -203,10 +203,9 @@ extension S3Client {
                                    md5: obj.recordedSHA256 == nil && obj.etagMD5 != nil)
         let firstReply = Mutex<[String: String]?>(nil)
         let firstError = Mutex<S3Error?>(nil)
-        // Each part streams straight into its place in the file; a part cut off midway asks again for
+        // Each part streams into its place in the file in blocks of up to 1 MiB (fewer, larger writes
+        // than the network's chunks), which then go to the hash; a part cut off midway asks again for
         // the rest only (If-Match keeps it the same object).
-        // Bytes gather in blocks of up to 1 MiB that go to the file (fewer, larger writes than the
-        // network's chunks) and then to the hash, which keeps them until it reaches them.
         let blockSize = hasher.blockSize
         ParallelThreads.run(count: count, width: count == 1 ? 1 : config.concurrency,
                             shouldStop: { firstError.withLock { $0 != nil } }) { _, i in
