@@ -150,6 +150,20 @@ public enum FileHasher {
 }
 
 extension FileHasher {
+    /// The SHA-256 of `count` bytes of an open file at `offset`, read in pieces into `buffer`.
+    public static func sha256(of fd: Int32, path: String, at offset: Int64, count: Int,
+                              buffer: UnsafeMutableRawBufferPointer) throws(POSIXFileError) -> [UInt8] {
+        var d = Digester(.sha256)
+        var done = 0
+        while done < count {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, count - done)])
+            try FileDescriptor.readFull(fd, path: path, into: piece, at: offset + Int64(done))
+            d.update(UnsafeRawBufferPointer(piece))
+            done += piece.count
+        }
+        return d.finalizeBytes()
+    }
+
     /// The file's SHA-256 and the SHA-256 of each `partSize` piece of it, for a multipart upload: the
     /// whole digest goes into the metadata when the upload starts and each part carries its own. The
     /// whole digest is one sequential pass; the part digests are computed meanwhile on the other cores
@@ -173,20 +187,12 @@ extension FileHasher {
         defer { for b in buffers { b.deallocate() } }
         let running = ParallelThreads.start(count: count, width: width, shouldStop: { failure.withLock { $0 != nil } }) { w, i in
             let start = Int64(i) * Int64(partSize)
-            let end = min(start + Int64(partSize), size)
-            var d = Digester(.sha256)
-            var at = start
-            while at < end {
-                let buffer = UnsafeMutableRawBufferPointer(rebasing: buffers[w][0..<Int(min(Int64(piece), end - at))])
-                do throws(POSIXFileError) { try FileDescriptor.readFull(raw, path: path, into: buffer, at: at) } catch {
-                    failure.withLock { if $0 == nil { $0 = error } }
-                    return
-                }
-                d.update(UnsafeRawBufferPointer(buffer))
-                at += Int64(buffer.count)
+            do throws(POSIXFileError) {
+                let digest = try sha256(of: raw, path: path, at: start, count: Int(min(Int64(partSize), size - start)), buffer: buffers[w])
+                parts.withLock { $0[i] = digest }
+            } catch {
+                failure.withLock { if $0 == nil { $0 = error } }
             }
-            let digest = d.finalizeBytes()
-            parts.withLock { $0[i] = digest }
         }
         let whole: FileDigest
         do { whole = try hashChunks(of: fd) { chunk in onProgress?(chunk.count) } } catch {

@@ -58,7 +58,6 @@ public struct FileDescriptor: ~Copyable {
     public let rawValue: Int32
     public let path: String
 
-    /// `createExclusive`: a new file, open for reading too (a writer may check what it wrote).
     /// `sharedLog`: created or emptied, and every write goes to the end (children writing to it too).
     public enum Mode: Sendable { case read, createExclusive(permissions: mode_t), writeExisting, sharedLog(permissions: mode_t) }
 
@@ -68,7 +67,7 @@ public struct FileDescriptor: ~Copyable {
         case .read:
             fd = retryingEINTR { open(path, O_RDONLY | O_CLOEXEC) }
         case .createExclusive(let perms):
-            fd = retryingEINTR { open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, perms) }
+            fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, perms) }
         case .writeExisting:
             fd = retryingEINTR { open(path, O_WRONLY | O_CLOEXEC) }
         case .sharedLog(let perms):

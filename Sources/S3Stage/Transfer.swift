@@ -428,9 +428,9 @@ extension S3Client {
     /// go on to it (as part `part`), which hashes the whole file in order.
     static func digest(of fd: Int32, path: String, at: Int64, count: Int, feeding hasher: OrderedHasher? = nil,
                        part: Int = 0) throws(POSIXFileError) -> [UInt8] {
-        var d = Digester(.sha256)
-        var done = 0
         if let hasher {
+            var d = Digester(.sha256)
+            var done = 0
             while done < count {
                 let b = hasher.takeBlock()
                 b.count = min(hasher.blockSize, count - done)
@@ -444,13 +444,7 @@ extension S3Client {
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(count, 1 << 20)), alignment: 4096)
         defer { buffer.deallocate() }
-        while done < count {
-            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, count - done)])
-            try FileDescriptor.readFull(fd, path: path, into: piece, at: at + Int64(done))
-            d.update(UnsafeRawBufferPointer(piece))
-            done += piece.count
-        }
-        return d.finalizeBytes()
+        return try FileHasher.sha256(of: fd, path: path, at: at, count: count, buffer: buffer)
     }
 
     private func changed(_ path: String, _ bucket: String, _ key: String, _ expected: String, _ got: String) -> S3Error {
