@@ -5,11 +5,16 @@ objects up and down. Client files live in /dev/shm so the disk is not measured. 
 N runs), the ratio of emflow to the fastest peer, the CPU seconds each client spends per GiB and its
 peak resident set (the largest of the runs).
 
-usage: bench_s3.py EMFLOW_BINARY STATE_ENV [RUNS]"""
+usage: bench_s3.py EMFLOW_BINARY STATE_ENV [RUNS]
+S3_BENCH_PEERS (default "s5cmd rclone aws") names the peers to run, for a machine that lacks one."""
 import os, shutil, statistics, subprocess, sys, time
 
 emflow, state = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+peers = os.environ.get("S3_BENCH_PEERS", "s5cmd rclone aws").split()
+if unknown := [p for p in peers if p not in ("s5cmd", "rclone", "aws")]:
+    raise SystemExit(f"S3_BENCH_PEERS: unknown peer(s) {' '.join(unknown)}; choose among s5cmd rclone aws")
+tools = ["emflow"] + peers
 venv = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".venv", "bin")
 env = dict(os.environ)
 for line in open(state):
@@ -47,7 +52,6 @@ def run(cmd):
 subprocess.run([emflow, "s3", "mb", "s3://bench"], env=env, check=True)
 aws = [venv + "/aws", "--endpoint-url", endpoint]
 s5 = [venv + "/s5cmd", "--endpoint-url", endpoint]
-tools = ["emflow", "s5cmd", "rclone", "aws"]
 
 def up_big(tool, n):
     key = f"big-{tool}-{n}"

@@ -27,6 +27,14 @@ public struct S3Object: Sendable, Codable, Hashable {
         self.metadata = metadata; self.checksumSHA256 = checksumSHA256
     }
 
+    /// A multipart upload's composite SHA-256 checksum (`base64-N`): the SHA-256 of its N parts'
+    /// SHA-256 digests, and N.
+    public var compositeSHA256: (digest: [UInt8], parts: Int)? {
+        guard let c = checksumSHA256, let dash = c.lastIndex(of: "-"), let n = Int(c[c.index(after: dash)...]), n > 0,
+              let d = Data(base64Encoded: String(c[..<dash])), d.count == 32 else { return nil }
+        return (Array(d), n)
+    }
+
     /// The MD5 (hex) when the ETag is one (single-part uploads without server-side encryption).
     public var etagMD5: String? { etag.count == 32 && etag.allSatisfy(\.isHexDigit) ? etag.lowercased() : nil }
 }

@@ -168,7 +168,7 @@ struct S3Command: ParsableCommand {
                     let p = work[i]
                     do {
                         let r = download
-                            ? try client.download(bucket: bucket, key: p.src, to: p.dst, known: p.known, progress: { progress.addBytes($0) })
+                            ? try client.download(bucket: bucket, key: p.src, to: p.dst, known: p.known, sha256: false, progress: { progress.addBytes($0) })
                             : try client.upload(file: p.src, bucket: bucket, key: p.dst, progress: { progress.addBytes($0) },
                                                  hashing: { progress.addHashedBytes($0) })
                         bytes.wrappingAdd(Int(r.size), ordering: .relaxed)

@@ -130,7 +130,14 @@ final class S3ClientTests: XCTestCase {
             XCTAssertEqual(r.sha256, sha); XCTAssertEqual(r.verifiedBy, "sha256")
         }, limit)
         XCTAssertEqual(try FileHasher.sha256(path: dest).sha256, sha)
-        XCTAssertEqual(try listDirectory(tmp.file("down")).map(\.name), ["big.bin"], "no temporary left")
+        // Without a whole SHA-256 wanted, the 20 parts are checked against the composite checksum.
+        let byParts = tmp.file("down/by-parts.bin")
+        XCTAssertLessThan(try peakGrowth("download, checked by parts") {
+            let r = try c.download(bucket: bucket, key: "big.bin", to: byParts, sha256: false)
+            XCTAssertNil(r.sha256); XCTAssertEqual(r.verifiedBy, "sha256 of 20 parts")
+        }, limit)
+        XCTAssertEqual(try FileHasher.sha256(path: byParts).sha256, sha)
+        XCTAssertEqual(try listDirectory(tmp.file("down")).map(\.name).sorted(), ["big.bin", "by-parts.bin"], "no temporary left")
     }
 
     func testListingPaginatesPastOneThousandKeysAndBatchDeleteRemovesThem() throws {
@@ -203,6 +210,25 @@ final class S3ClientTests: XCTestCase {
             XCTAssertEqual(e.code, "ChecksumMismatch"); XCTAssertTrue(e.description.contains("s3://\(bucket)/k")) }
         XCTAssertEqual(try listDirectory(tmp.file("out")).count, 0, "no file, no temporary left")
 
+        // A multipart object checked by its parts: a composite checksum that its parts do not give
+        // (as if a part were damaged) fails the same way.
+        let three = random(12 << 20)
+        try c.upload(file: tmp.write("three.bin", three), bucket: bucket, key: "three.bin")
+        let head = try XCTUnwrap(try c.head(bucket: bucket, key: "three.bin"))
+        XCTAssertEqual(head.compositeSHA256?.parts, 3)
+        var forged = head
+        forged.checksumSHA256 = Data(repeating: 7, count: 32).base64EncodedString() + "-3"
+        do {
+            let e = failure { try c.download(bucket: bucket, key: "three.bin", to: tmp.file("out/three.bin"), known: forged, sha256: false) }
+            XCTAssertEqual(e.code, "ChecksumMismatch"); XCTAssertTrue(e.description.contains("3 parts"), e.description) }
+        XCTAssertEqual(try listDirectory(tmp.file("out")).count, 0, "no file, no temporary left")
+        // Parts that cannot be laid out (the count does not fit the first part's size): the whole
+        // content is hashed and checked against x-amz-meta-sha256 instead.
+        forged.checksumSHA256 = String(head.checksumSHA256!.split(separator: "-")[0]) + "-4"
+        let whole = try c.download(bucket: bucket, key: "three.bin", to: tmp.file("out/three.bin"), known: forged, sha256: false)
+        XCTAssertEqual(whole.verifiedBy, "sha256")
+        XCTAssertEqual(try readFile(tmp.file("out/three.bin")), three)
+
         // An upload whose source does not match the sha256 it is said to have is aborted: no object, no parts.
         let src = tmp.write("src.bin", random(12 << 20))
         do {
@@ -259,6 +285,20 @@ final class S3ClientTests: XCTestCase {
         XCTAssertTrue(killed.load(ordering: .relaxed))
         XCTAssertEqual(r.sha256, SHA256Hasher.hash(data))
         XCTAssertEqual(try FileHasher.sha256(path: dest).sha256, SHA256Hasher.hash(data))
+        waitForServer(c, bucket)
+
+        // The same, checked part by part (each part's hash goes on where the cut-off left it).
+        let killedByParts = Atomic<Bool>(false)
+        let byParts = tmp.file("down/by-parts.bin")
+        let p = try c.download(bucket: bucket, key: "stack.bin", to: byParts, sha256: false, progress: { _ in
+            if killedByParts.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+                server.crash()
+                Thread { Thread.sleep(forTimeInterval: 1.5); server.restart() }.start()
+            }
+        })
+        XCTAssertTrue(killedByParts.load(ordering: .relaxed))
+        XCTAssertEqual(p.verifiedBy, "sha256 of 7 parts")
+        XCTAssertEqual(try FileHasher.sha256(path: byParts).sha256, SHA256Hasher.hash(data))
         waitForServer(c, bucket)
 
         // Multipart upload: killed after the first part; the others are retried; one whole object results.
