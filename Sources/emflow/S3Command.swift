@@ -100,7 +100,7 @@ struct S3Command: ParsableCommand {
     struct Copy: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "cp", abstract: "Copy between S3 and local files (either direction), verified by SHA-256.",
-            discussion: "Downloads land under a temporary name and are renamed only once size and SHA-256 (or MD5 ETag) check out; uploads carry x-amz-meta-sha256 and abort on any failure, leaving no partial object.")
+            discussion: "Downloads land under a temporary name and are renamed only once size and SHA-256 (or MD5 ETag) check out; a multipart object with a composite SHA-256 checksum is checked part by part, in parallel. Uploads carry x-amz-meta-sha256 and abort on any failure, leaving no partial object.")
         @OptionGroup var s3: S3Options
         @Flag(name: .shortAndLong, help: "Copy every object under the prefix / every file under the directory.")
         var recursive = false
