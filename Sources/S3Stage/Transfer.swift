@@ -25,7 +25,7 @@ struct PartLayout: Sendable {
 
 /// The SHA-256 digests of an object's upload parts, each hashed by the thread that fetches it, in
 /// order, as its bytes are written: parts are checked in parallel instead of one hash over the whole
-/// object in file order, which one core caps (about 2 GB/s) below what a fast link delivers.
+/// object in file order, which one core caps (1–2 GB/s) below what a fast link delivers.
 final class PartDigests: @unchecked Sendable {
     let layout: PartLayout
     private let size: Int64
@@ -206,10 +206,10 @@ extension S3Client {
     /// GETs written with pwrite for large objects), checked against the size and the recorded SHA-256
     /// (or the ETag's MD5), fsynced, then renamed. The destination never holds a partial or wrong file;
     /// a changed object mid-download (ETag) fails cleanly and is retried from scratch.
-    @discardableResult
     /// With `sha256: false` (the caller needs no digest of the file) an object with a composite
     /// SHA-256 checksum is verified part by part, each part hashed by the thread that fetches it, and
     /// the result carries no SHA-256; otherwise the whole content is hashed in file order as well.
+    @discardableResult
     public func download(bucket: String, key: String, to path: String, known: S3Object? = nil, permissions: UInt32 = 0o644,
                          sha256 wanted: Bool = true, progress: (@Sendable (Int) -> Void)? = nil) throws(S3Error) -> TransferResult {
         let obj: S3Object
