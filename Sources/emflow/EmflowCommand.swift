@@ -22,6 +22,19 @@ struct Emflow: ParsableCommand {
         version: EmflowVersion.current,
         subcommands: [RunCommand.self, BackfillCommand.self, ReprocessCommand.self, DiffCommand.self, ReportCommand.self, ScheduleCommand.self, ValidateCommand.self, StatusCommand.self, LogsCommand.self, CancelCommand.self, WorkerCommand.self, CatalogCommand.self, ConvertCommand.self, MappingsCommand.self,
                       ChecksumCommand.self, InspectCommand.self, S3Command.self, StagesCommand.self, VersionCommand.self])
+
+    /// A usage error (an unknown option, a bad value, a failed validation) exits 2, as documented,
+    /// rather than ArgumentParser's 64.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            guard exitCode(for: error) == .validationFailure else { exit(withError: error) }
+            printError(fullMessage(for: error))
+            Foundation.exit(Exit.usage)
+        }
+    }
 }
 
 /// Exit codes, documented in `emflow --help` and README.
