@@ -106,12 +106,24 @@ struct S3Command: ParsableCommand {
         var recursive = false
         @Option(name: .shortAndLong, help: "Objects transferred at the same time with --recursive.")
         var jobs = 32
+        @Option(help: "The file's SHA-256 (64 hex digits) when it is known, e.g. from a SHA256SUMS: a single-file upload then checks the file against it as the parts go out instead of hashing it first, and stores it as x-amz-meta-sha256; on a mismatch nothing is uploaded.")
+        var sha256: String?
         @Flag(name: .shortAndLong, help: "No progress line.") var quiet = false
         @Flag(help: "A JSON summary for scripts.") var json = false
         @Argument(help: "source: s3://bucket/key[/] or a local path") var source: String
         @Argument(help: "destination: a local path or s3://bucket/key[/]") var destination: String
 
         struct Summary: Encodable { var objects: Int; var bytes: Int64; var seconds: Double; var failed: [String] }
+
+        func validate() throws {
+            guard let sha256 else { return }
+            guard sha256.count == 64, sha256.allSatisfy(\.isHexDigit) else {
+                throw ValidationError("--sha256 takes the file's SHA-256 as 64 hex digits (as sha256sum prints it), not '\(sha256)'")
+            }
+            guard S3URI(source) == nil, S3URI(destination) != nil, !recursive else {
+                throw ValidationError("--sha256 is for uploading one file (local path → s3://…)")
+            }
+        }
 
         func run() throws {
             try S3Command.s3 {
@@ -169,7 +181,7 @@ struct S3Command: ParsableCommand {
                     do {
                         let r = download
                             ? try client.download(bucket: bucket, key: p.src, to: p.dst, known: p.known, sha256: false, progress: { progress.addBytes($0) })
-                            : try client.upload(file: p.src, bucket: bucket, key: p.dst, progress: { progress.addBytes($0) },
+                            : try client.upload(file: p.src, bucket: bucket, key: p.dst, sha256: sha256?.lowercased(), progress: { progress.addBytes($0) },
                                                  hashing: { progress.addHashedBytes($0) })
                         bytes.wrappingAdd(Int(r.size), ordering: .relaxed)
                         progress.taskEnded(failed: false)

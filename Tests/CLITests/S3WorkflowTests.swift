@@ -23,6 +23,39 @@ final class S3WorkflowTests: XCTestCase {
         return String(out.stdout.prefix(64))
     }
 
+    /// `s3 cp --sha256`: a known digest replaces the pass over the file before a multipart upload;
+    /// the file is checked against it as its parts go out, and a wrong one uploads nothing.
+    func testCopyWithAKnownSHA256ChecksTheFileAgainstItAndStoresIt() throws {
+        let bucket = "emflow-sha-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        XCTAssertEqual(try emflow(["s3", "mb", "s3://\(bucket)"]).status, 0)
+        var bytes = [UInt8](repeating: 0, count: 20 << 20)   // 16 MiB parts: a multipart upload of 2
+        for i in stride(from: 0, to: bytes.count, by: 4096) { bytes[i] = UInt8.random(in: 0...255) }
+        let file = t.write("big.bin", bytes)
+        let sha = try sha256(file)
+        func headObject(_ key: String) throws -> ProcessOutput {
+            try ProcessRunner.run(Tools.packageRoot + "/.venv/bin/aws", ["--endpoint-url", server.endpoint, "s3api", "head-object",
+                                  "--bucket", bucket, "--key", key], environment: server.childEnvironment())
+        }
+        let ok = try emflow(["s3", "cp", "--quiet", "--sha256", sha.uppercased(), file, "s3://\(bucket)/big.bin"])
+        XCTAssertEqual(ok.status, 0, ok.combined)
+        let head = try headObject("big.bin")
+        XCTAssertTrue(head.stdout.contains("\"sha256\": \"\(sha)\""), head.combined)
+
+        let wrong = String(repeating: "0", count: 64)
+        let bad = try emflow(["s3", "cp", "--quiet", "--sha256", wrong, file, "s3://\(bucket)/wrong.bin"])
+        XCTAssertEqual(bad.status, 1, bad.combined)
+        XCTAssertTrue(bad.stderr.contains("reads as sha256 \(sha), not the recorded \(wrong)"), bad.stderr)
+        XCTAssertNotEqual(try headObject("wrong.bin").status, 0, "no object")
+
+        let notHex = try emflow(["s3", "cp", "--sha256", "abc", file, "s3://\(bucket)/x.bin"])
+        XCTAssertEqual(notHex.status, 2, notHex.combined)
+        XCTAssertTrue(notHex.stderr.contains("64 hex digits"), notHex.stderr)
+        let download = try emflow(["s3", "cp", "--sha256", sha, "s3://\(bucket)/big.bin", t.file("down.bin")])
+        XCTAssertEqual(download.status, 2, download.combined)
+        XCTAssertTrue(download.stderr.contains("for uploading one file"), download.stderr)
+        XCTAssertEqual(try emflow(["s3", "cp", "--no-such-option", file, "s3://\(bucket)/x.bin"]).status, 2, "usage errors exit 2, as documented")
+    }
+
     func testS3WorkflowStagesConvertsPublishesAndNeverLeaksTheSecret() throws {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let raw = "lame-raw-test-\(tag)", mirror = "lame-ofed-test-\(tag)"
