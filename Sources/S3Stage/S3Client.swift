@@ -18,7 +18,7 @@ public struct S3Object: Sendable, Codable, Hashable {
     /// server checksum. nil when neither is there.
     public var recordedSHA256: String? {
         if let m = metadata["sha256"], m.count == 64, m.allSatisfy(\.isHexDigit) { return m.lowercased() }
-        if let c = checksumSHA256, !c.contains("-"), let d = Data(base64Encoded: c), d.count == 32 { return hex(Array(d)) }
+        if let c = checksumSHA256, !c.contains("-"), let d = Self.sha256Bytes(base64: c) { return hex(d) }
         return nil
     }
 
@@ -31,8 +31,14 @@ public struct S3Object: Sendable, Codable, Hashable {
     /// SHA-256 digests, and N.
     public var compositeSHA256: (digest: [UInt8], parts: Int)? {
         guard let c = checksumSHA256, let dash = c.lastIndex(of: "-"), let n = Int(c[c.index(after: dash)...]), n > 0,
-              let d = Data(base64Encoded: String(c[..<dash])), d.count == 32 else { return nil }
-        return (Array(d), n)
+              let d = Self.sha256Bytes(base64: String(c[..<dash])) else { return nil }
+        return (d, n)
+    }
+
+    /// The 32 bytes of a base64 SHA-256, as S3 checksum headers carry it.
+    static func sha256Bytes(base64: String) -> [UInt8]? {
+        guard let d = Data(base64Encoded: base64), d.count == 32 else { return nil }
+        return Array(d)
     }
 
     /// The MD5 (hex) when the ETag is one (single-part uploads without server-side encryption).

@@ -102,7 +102,7 @@ final class OrderedHasher: @unchecked Sendable {
 
     init(size: Int64, partSize: Int64, window: Int64, blockSize: Int = 1 << 20, md5: Bool) {
         self.size = size; self.partSize = max(partSize, 1); self.window = max(window, 1)
-        self.blockSize = Int(max(1, min(Int64(blockSize), self.partSize, size)))   // a small object needs no 1 MiB block
+        self.blockSize = Self.blockSize(partSize: self.partSize, size: size, largest: blockSize)
         self.md5 = md5 ? Digester(.md5) : nil
         parts = max(1, Int((size + self.partSize - 1) / self.partSize))
         if parts > 1 {
@@ -111,6 +111,11 @@ final class OrderedHasher: @unchecked Sendable {
             t.stackSize = 1 << 20
             t.start()
         }
+    }
+
+    /// Blocks of up to 1 MiB: a small object or part needs no larger one.
+    static func blockSize(partSize: Int64, size: Int64, largest: Int = 1 << 20) -> Int {
+        Int(max(1, min(Int64(largest), partSize, size)))
     }
 
     /// How far writers may run ahead of the hash: 32 MiB (measured as fast as 128 MiB for a 1 GiB
@@ -283,7 +288,7 @@ extension S3Client {
         let partDigests = layout.map { PartDigests($0, size: obj.size) }
         let hasher = !wholeSHA256 ? nil : OrderedHasher(size: obj.size, partSize: part, window: OrderedHasher.window(partSize: part),
                                                         md5: obj.recordedSHA256 == nil && obj.etagMD5 != nil)
-        let blockSize = hasher?.blockSize ?? Int(max(1, min(1 << 20, part, obj.size)))
+        let blockSize = hasher?.blockSize ?? OrderedHasher.blockSize(partSize: part, size: obj.size)
         let firstReply = Mutex<[String: String]?>(nil)
         let firstError = Mutex<S3Error?>(nil)
         // Each part streams into its place in the file in blocks of up to 1 MiB (fewer, larger writes
