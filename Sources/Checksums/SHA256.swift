@@ -77,6 +77,26 @@ public func hex(_ bytes: [UInt8]) -> String {
     return String(decoding: s, as: UTF8.self)
 }
 
+/// The bytes that hex digits (either case, an even number of them) spell; nil for anything else.
+public func unhex<S: StringProtocol>(_ text: S) -> [UInt8]? {
+    let u = Array(text.utf8)
+    guard u.count % 2 == 0 else { return nil }
+    func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: c - 48
+        case 97...102: c - 87
+        case 65...70: c - 55
+        default: nil
+        }
+    }
+    var out = [UInt8](); out.reserveCapacity(u.count / 2)
+    for i in stride(from: 0, to: u.count, by: 2) {
+        guard let hi = nibble(u[i]), let lo = nibble(u[i + 1]) else { return nil }
+        out.append(hi << 4 | lo)
+    }
+    return out
+}
+
 /// A digest of a whole file, with the size that was read.
 public struct FileDigest: Sendable, Equatable {
     public let sha256: String
@@ -150,10 +170,11 @@ public enum FileHasher {
 }
 
 extension FileHasher {
-    /// The SHA-256 of `count` bytes of an open file at `offset`, read in pieces into `buffer`.
-    public static func sha256(of fd: Int32, path: String, at offset: Int64, count: Int,
+    /// The digest (SHA-256 unless said) of `count` bytes of an open file at `offset`, read in pieces
+    /// into `buffer`.
+    public static func digest(_ algorithm: Digester.Algorithm = .sha256, of fd: Int32, path: String, at offset: Int64, count: Int,
                               buffer: UnsafeMutableRawBufferPointer) throws(POSIXFileError) -> [UInt8] {
-        var d = Digester(.sha256)
+        var d = Digester(algorithm)
         var done = 0
         while done < count {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, count - done)])
@@ -188,8 +209,8 @@ extension FileHasher {
         let running = ParallelThreads.start(count: count, width: width, shouldStop: { failure.withLock { $0 != nil } }) { w, i in
             let start = Int64(i) * Int64(partSize)
             do throws(POSIXFileError) {
-                let digest = try sha256(of: raw, path: path, at: start, count: Int(min(Int64(partSize), size - start)), buffer: buffers[w])
-                parts.withLock { $0[i] = digest }
+                let d = try digest(of: raw, path: path, at: start, count: Int(min(Int64(partSize), size - start)), buffer: buffers[w])
+                parts.withLock { $0[i] = d }
             } catch {
                 failure.withLock { if $0 == nil { $0 = error } }
             }

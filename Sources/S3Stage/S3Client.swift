@@ -13,6 +13,9 @@ public struct S3Object: Sendable, Codable, Hashable {
     public var metadata: [String: String] = [:]
     /// The server-stored SHA-256 (base64) when it keeps one and was asked (HEAD only).
     public var checksumSHA256: String? = nil
+    /// Server-side encryption as a HEAD or GET reports it (`AES256`, `aws:kms`, `aws:kms:dsse`, or
+    /// `SSE-C` for a customer key); nil when none was reported or the object comes from a listing.
+    public var encryption: String? = nil
 
     /// The SHA-256 (hex) the object's writer recorded: `x-amz-meta-sha256`, else a whole-object
     /// server checksum. nil when neither is there.
@@ -41,8 +44,20 @@ public struct S3Object: Sendable, Codable, Hashable {
         return Array(d)
     }
 
+    /// Whether the ETag can be taken for the content's MD5 (or a multipart upload's MD5 of part MD5s):
+    /// not under a KMS or customer key, with which S3 makes ETags that are not.
+    var etagIsMD5: Bool { encryption == nil || encryption == "AES256" }
+
     /// The MD5 (hex) when the ETag is one (single-part uploads without server-side encryption).
-    public var etagMD5: String? { etag.count == 32 && etag.allSatisfy(\.isHexDigit) ? etag.lowercased() : nil }
+    public var etagMD5: String? { etagIsMD5 && etag.count == 32 && etag.allSatisfy(\.isHexDigit) ? etag.lowercased() : nil }
+
+    /// A multipart upload's ETag (`hex-N`): the MD5 of its N parts' MD5 digests, and N; nil when the
+    /// ETag is not of that form or encryption makes it something else.
+    public var multipartETagMD5: (digest: [UInt8], parts: Int)? {
+        guard etagIsMD5, let dash = etag.lastIndex(of: "-"), let n = Int(etag[etag.index(after: dash)...]), n > 0 else { return nil }
+        guard let d = unhex(etag[..<dash]), d.count == 16 else { return nil }
+        return (d, n)
+    }
 }
 
 /// An S3 client over libcurl: SigV4-signed requests on reused connections, retries with backoff and
@@ -246,8 +261,10 @@ public final class S3Client: Sendable {
     static func object(key: String, headers h: [String: String]) -> S3Object {
         var meta: [String: String] = [:]
         for (k, v) in h where k.hasPrefix("x-amz-meta-") { meta[String(k.dropFirst("x-amz-meta-".count))] = v }
-        return S3Object(key: key, size: Int64(h["content-length"] ?? "") ?? 0, etag: unquote(h["etag"] ?? ""),
-                        lastModified: parseHTTPDate(h["last-modified"] ?? ""), metadata: meta, checksumSHA256: h["x-amz-checksum-sha256"])
+        var o = S3Object(key: key, size: Int64(h["content-length"] ?? "") ?? 0, etag: unquote(h["etag"] ?? ""),
+                         lastModified: parseHTTPDate(h["last-modified"] ?? ""), metadata: meta, checksumSHA256: h["x-amz-checksum-sha256"])
+        o.encryption = h["x-amz-server-side-encryption-customer-algorithm"] != nil ? "SSE-C" : h["x-amz-server-side-encryption"]
+        return o
     }
 
     /// The whole object (or a byte range) in memory: for small objects and manifests.

@@ -10,22 +10,29 @@ public struct TransferResult: Sendable {
     /// object's per-part checksums instead.
     public var sha256: String?
     public var etag: String
-    /// What the content was checked against: "sha256", "sha256 of N parts", "md5 (etag)" or "size".
+    /// What the content was checked against: "sha256", "sha256 of N parts", "md5 of N parts (etag)",
+    /// "md5 (etag)" or "size".
     public var verifiedBy: String
 }
 
 /// How a multipart object was uploaded, as far as checking it goes: parts of one size but the last
-/// (as S3 clients upload them) and the server's composite checksum, the SHA-256 of the parts'
-/// SHA-256 digests, which it verified part by part as they arrived.
+/// (as S3 clients upload them), and what the server says of them: its composite checksum, the SHA-256
+/// of the parts' SHA-256 digests, which it verified part by part as they arrived; or, for an object
+/// uploaded without checksums, its ETag, the MD5 of the parts' MD5 digests.
 struct PartLayout: Sendable {
     let partSize: Int64
     let count: Int
+    let algorithm: Digester.Algorithm
+    /// The digest of the parts' digests that the server holds.
     let composite: [UInt8]
+
+    /// How a check by these parts is named: "sha256 of N parts" or "md5 of N parts (etag)".
+    var name: String { algorithm == .sha256 ? "sha256 of \(count) parts" : "md5 of \(count) parts (etag)" }
 }
 
-/// The SHA-256 digests of an object's upload parts, each hashed by the thread that fetches it, in
-/// order, as its bytes are written: parts are checked in parallel instead of one hash over the whole
-/// object in file order, which one core caps (1–2 GB/s) below what a fast link delivers.
+/// The digests of an object's upload parts, each hashed by the thread that fetches it, in order, as
+/// its bytes are written: parts are checked in parallel instead of one hash over the whole object in
+/// file order, which one core caps (1–2 GB/s) below what a fast link delivers.
 final class PartDigests: @unchecked Sendable {
     let layout: PartLayout
     private let size: Int64
@@ -39,7 +46,7 @@ final class PartDigests: @unchecked Sendable {
     /// The running hash of one fetched range (whole parts, fed in order by one thread).
     final class Cursor {
         private let owner: PartDigests
-        private var sha: Digester? = nil
+        private var digester: Digester? = nil
         init(_ owner: PartDigests) { self.owner = owner }
 
         /// `bytes` are the object's at `offset`, right after those fed before for this range.
@@ -49,23 +56,23 @@ final class PartDigests: @unchecked Sendable {
                 let part = Int(offset / owner.layout.partSize)
                 let end = min(Int64(part + 1) * owner.layout.partSize, owner.size)
                 let n = Int(min(Int64(rest.count), end - offset))
-                if sha == nil { sha = Digester(.sha256) }
-                sha!.update(UnsafeRawBufferPointer(rebasing: rest[..<n]))
+                if digester == nil { digester = Digester(owner.layout.algorithm) }
+                digester!.update(UnsafeRawBufferPointer(rebasing: rest[..<n]))
                 offset += Int64(n)
                 rest = UnsafeRawBufferPointer(rebasing: rest[n...])
                 if offset == end {
-                    let d = sha.take()!.finalizeBytes()
+                    let d = digester.take()!.finalizeBytes()
                     owner.digests.withLock { $0[part] = d }
                 }
             }
         }
     }
 
-    /// Whether every part was hashed and together they give the composite checksum.
+    /// Whether every part was hashed and together they give the server's digest of the parts.
     func verify() -> Bool {
         let all = digests.withLock { $0 }
-        guard all.allSatisfy({ $0.count == 32 }) else { return false }
-        return Digester.digest(.sha256, all.flatMap { $0 }) == layout.composite
+        guard all.allSatisfy({ !$0.isEmpty }) else { return false }
+        return Digester.digest(layout.algorithm, all.flatMap { $0 }) == layout.composite
     }
 }
 
@@ -229,8 +236,9 @@ extension S3Client {
             obj = o
         }
         // The parts' checksums are used where they add something: no whole SHA-256 is wanted, or
-        // there is no recorded one to check it against.
-        let layout = !wanted || obj.recordedSHA256 == nil ? try partLayout(of: obj, bucket: bucket) : nil
+        // there is no recorded one to check it against. The ETag's MD5 of part MD5s, which costs more
+        // to check than SHA-256, only where there is nothing else.
+        let layout = !wanted || obj.recordedSHA256 == nil ? try partLayout(of: obj, bucket: bucket, etag: obj.recordedSHA256 == nil) : nil
         func ioError(_ e: POSIXFileError) -> S3Error {
             S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: nil, message: e.description,
                     hint: "check that the destination directory exists, is writable and has room")
@@ -257,19 +265,68 @@ extension S3Client {
         }
     }
 
-    /// The parts of a multipart object with a composite SHA-256 checksum (`base64-N`), if they are
-    /// of one size but the last: the first part's size comes from a HEAD with partNumber=1. nil for
-    /// anything else, and for a server that does not answer that HEAD as S3 does.
-    func partLayout(of obj: S3Object, bucket: String) throws(S3Error) -> PartLayout? {
-        guard let (composite, count) = obj.compositeSHA256, count > 1, obj.size >= Int64(count) else { return nil }
+    /// The parts of a multipart object, if they are of one size but the last, with what they are
+    /// checked against: the composite SHA-256 checksum (`base64-N`) where the server keeps one, else
+    /// (when `etag` allows it) the ETag's MD5 of part MD5s (`hex-N`). The first part's size comes from
+    /// a HEAD with partNumber=1. nil for anything else, and for a server that does not answer that
+    /// HEAD as S3 does.
+    func partLayout(of obj: S3Object, bucket: String, etag: Bool) throws(S3Error) -> PartLayout? {
+        let algorithm: Digester.Algorithm, composite: [UInt8], count: Int
+        if let c = obj.compositeSHA256 { (algorithm, composite, count) = (.sha256, c.digest, c.parts) }
+        else if etag, let m = obj.multipartETagMD5 { (algorithm, composite, count) = (.md5, m.digest, m.parts) }
+        else { return nil }
+        guard count > 1, obj.size >= Int64(count) else { return nil }
         var r = Request(operation: "HeadObject", method: "HEAD", bucket: bucket, key: obj.key, query: [("partNumber", "1")])
         if !obj.etag.isEmpty { r.headers.append(("if-match", "\"\(obj.etag)\"")) }
         let reply: HTTPResponse
         do { reply = try send(r) } catch where error.status == 400 || error.status == 416 || error.status == 501 { return nil }
+        // A listed object's encryption shows only here; under a KMS or customer key the ETag is no MD5.
+        if algorithm == .md5 && !Self.object(key: obj.key, headers: reply.headers).etagIsMD5 { return nil }
         guard let first = Int64(reply.headers["content-length"] ?? ""), first > 0,
               Int((obj.size + first - 1) / first) == count,
               reply.headers["x-amz-mp-parts-count"].map({ Int($0) == count }) ?? true else { return nil }
-        return PartLayout(partSize: first, count: count, composite: composite)
+        return PartLayout(partSize: first, count: count, algorithm: algorithm, composite: composite)
+    }
+
+    /// A check by parts that fails is certain only if the parts are what the layout took them to be,
+    /// one size but the last. A client may have uploaded parts of other sizes that happen to come to
+    /// the same count; so each part's size is asked for (HEAD ?partNumber=k, in parallel), and where
+    /// they differ from the layout the downloaded file is hashed again along the true parts. False
+    /// when the parts are as laid out (the content is damaged) or still do not check out.
+    func checkAlongTrueParts(_ layout: PartLayout, of obj: S3Object, bucket: String, file path: String) throws(S3Error) -> Bool {
+        let sizes = Mutex([Int64](repeating: -1, count: layout.count))
+        let firstError = Mutex<S3Error?>(nil)
+        ParallelThreads.run(count: layout.count, width: config.concurrency, shouldStop: { firstError.withLock { $0 != nil } }) { _, i in
+            var r = Request(operation: "HeadObject", method: "HEAD", bucket: bucket, key: obj.key, query: [("partNumber", "\(i + 1)")])
+            if !obj.etag.isEmpty { r.headers.append(("if-match", "\"\(obj.etag)\"")) }
+            do throws(S3Error) {
+                let n = Int64(try self.send(r).headers["content-length"] ?? "") ?? -1
+                sizes.withLock { $0[i] = n }
+            } catch { firstError.withLock { if $0 == nil { $0 = error } } }
+        }
+        if let e = firstError.withLock({ $0 }) { throw e }
+        let parts = sizes.withLock { $0 }
+        let laidOut = (0..<layout.count).map { min(layout.partSize, obj.size - Int64($0) * layout.partSize) }
+        guard parts != laidOut, parts.allSatisfy({ $0 > 0 }), parts.reduce(0, +) == obj.size else { return false }
+        let starts = parts.indices.map { parts[..<$0].reduce(0, +) }
+        func readError(_ e: POSIXFileError) -> S3Error {
+            S3Error(operation: "download", bucket: bucket, key: obj.key, status: nil, code: nil, message: e.description, hint: "check the destination file system")
+        }
+        let file = try Self.openForReading(path, readError)
+        let fd = file.rawValue
+        let digests = Mutex([[UInt8]](repeating: [], count: parts.count))
+        let failed = Mutex<POSIXFileError?>(nil)
+        let width = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        ParallelThreads.run(count: parts.count, width: width, shouldStop: { failed.withLock { $0 != nil } }) { _, i in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(parts[i], 1 << 20)), alignment: 4096)
+            defer { buffer.deallocate() }
+            do throws(POSIXFileError) {
+                let d = try FileHasher.digest(layout.algorithm, of: fd, path: path, at: starts[i], count: Int(parts[i]), buffer: buffer)
+                digests.withLock { $0[i] = d }
+            } catch { failed.withLock { if $0 == nil { $0 = error } } }
+        }
+        if let e = failed.withLock({ $0 }) { throw readError(e) }
+        return Digester.digest(layout.algorithm, digests.withLock { $0 }.flatMap { $0 }) == layout.composite
     }
 
     private func downloadOnce(_ obj: S3Object, bucket: String, tmp: String, layout: PartLayout?, wholeSHA256: Bool,
@@ -389,17 +446,21 @@ extension S3Client {
         }
         var verifiedBy = "size"
         if let partDigests {
-            guard partDigests.verify() else {
-                throw mismatch(bucket, key, "the SHA-256 digests of its \(partDigests.layout.count) parts do not give the object's composite checksum")
+            var checked = partDigests.verify()
+            if !checked { checked = try checkAlongTrueParts(partDigests.layout, of: obj, bucket: bucket, file: path) }
+            guard checked else {
+                throw mismatch(bucket, key, partDigests.layout.algorithm == .sha256
+                               ? "the SHA-256 digests of its \(partDigests.layout.count) parts do not give the object's composite checksum"
+                               : "the MD5 digests of its \(partDigests.layout.count) parts do not give the object's ETag \(obj.etag)")
             }
-            verifiedBy = "sha256 of \(partDigests.layout.count) parts"
+            verifiedBy = partDigests.layout.name
         }
-        var expectSHA = obj.recordedSHA256
-        if expectSHA == nil, let h = firstReply.withLock({ $0 }) { expectSHA = Self.object(key: key, headers: h).recordedSHA256 }
-        if let sha, let expectSHA {
+        // A listed object's metadata and encryption come with the GET's reply.
+        let replied = firstReply.withLock { $0 }.map { Self.object(key: key, headers: $0) }
+        if let sha, let expectSHA = obj.recordedSHA256 ?? replied?.recordedSHA256 {
             guard sha == expectSHA else { throw mismatch(bucket, key, "sha256 \(sha), the object records \(expectSHA)") }
             verifiedBy = "sha256"
-        } else if let expectMD5 = obj.etagMD5, let md5 {
+        } else if let expectMD5 = obj.etagMD5, replied?.etagIsMD5 ?? true, let md5 {
             guard md5 == expectMD5 else { throw mismatch(bucket, key, "md5 \(md5), the ETag is \(expectMD5)") }
             verifiedBy = "md5 (etag)"
         }
@@ -545,7 +606,7 @@ extension S3Client {
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(count, 1 << 20)), alignment: 4096)
         defer { buffer.deallocate() }
-        return try FileHasher.sha256(of: fd, path: path, at: at, count: count, buffer: buffer)
+        return try FileHasher.digest(of: fd, path: path, at: at, count: count, buffer: buffer)
     }
 
     private func changed(_ path: String, _ bucket: String, _ key: String, _ expected: String, _ got: String) -> S3Error {

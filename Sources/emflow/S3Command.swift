@@ -100,7 +100,7 @@ struct S3Command: ParsableCommand {
     struct Copy: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "cp", abstract: "Copy between S3 and local files (either direction), verified by SHA-256.",
-            discussion: "Downloads land under a temporary name and are renamed only once size and SHA-256 (or MD5 ETag) check out; a multipart object with a composite SHA-256 checksum is checked part by part, in parallel. Uploads carry x-amz-meta-sha256 and abort on any failure, leaving no partial object.")
+            discussion: "Downloads land under a temporary name and are renamed only once size and SHA-256 (or MD5 ETag) check out; a multipart object is checked part by part, in parallel, against its composite SHA-256 checksum or else its ETag (MD5 of the part MD5s). The summary says how each object was checked. Uploads carry x-amz-meta-sha256 and abort on any failure, leaving no partial object.")
         @OptionGroup var s3: S3Options
         @Flag(name: .shortAndLong, help: "Copy every object under the prefix / every file under the directory.")
         var recursive = false
@@ -113,7 +113,10 @@ struct S3Command: ParsableCommand {
         @Argument(help: "source: s3://bucket/key[/] or a local path") var source: String
         @Argument(help: "destination: a local path or s3://bucket/key[/]") var destination: String
 
-        struct Summary: Encodable { var objects: Int; var bytes: Int64; var seconds: Double; var failed: [String] }
+        /// `verified`: how many objects were checked against what ("sha256", "sha256 of parts",
+        /// "md5 of parts (etag)", "md5 (etag)", "size"), so that a script can tell objects the server
+        /// holds no checksum of, which only their size could check.
+        struct Summary: Encodable { var objects: Int; var bytes: Int64; var seconds: Double; var verified: [String: Int]; var failed: [String] }
 
         func validate() throws {
             guard let sha256 else { return }
@@ -175,6 +178,7 @@ struct S3Command: ParsableCommand {
                 progress.begin(stage: download ? "download" : "upload", total: pairs.count, skipped: 0)
                 let failures = Mutex<[String]>(refused)
                 let bytes = Atomic<Int>(0)
+                let verified = Mutex<[String: Int]>([:])
                 let work = pairs
                 ParallelThreads.run(count: work.count, width: jobs) { _, i in
                     let p = work[i]
@@ -184,6 +188,8 @@ struct S3Command: ParsableCommand {
                             : try client.upload(file: p.src, bucket: bucket, key: p.dst, sha256: sha256?.lowercased(), progress: { progress.addBytes($0) },
                                                  hashing: { progress.addHashedBytes($0) })
                         bytes.wrappingAdd(Int(r.size), ordering: .relaxed)
+                        let how = r.verifiedBy.replacingOccurrences(of: #" of \d+ parts"#, with: " of parts", options: .regularExpression)
+                        verified.withLock { $0[how, default: 0] += 1 }
                         progress.taskEnded(failed: false)
                     } catch {
                         failures.withLock { $0.append("\(error)") }
@@ -193,13 +199,19 @@ struct S3Command: ParsableCommand {
                 progress.end()
                 let failed = failures.withLock { $0 }
                 let secs = Date().timeIntervalSince(start)
+                let checks = verified.withLock { $0 }
                 if json {
-                    try printJSON(Summary(objects: pairs.count - failed.count + refused.count, bytes: Int64(bytes.load(ordering: .relaxed)), seconds: secs, failed: failed))
+                    try printJSON(Summary(objects: pairs.count - failed.count + refused.count, bytes: Int64(bytes.load(ordering: .relaxed)),
+                                          seconds: secs, verified: checks, failed: failed))
                 } else {
                     for f in failed { printError("error: \(f)") }
                     if !quiet {
                         let b = Int64(bytes.load(ordering: .relaxed))
-                        printError("\(pairs.count - failed.count + refused.count) object(s), \(formatBytes(b)) in \(ProgressReporter.duration(secs)) (\(formatBytes(Int64(Double(b) / max(secs, 1e-3))))/s)" + (failed.isEmpty ? "" : ", \(failed.count) failed"))
+                        printError("\(pairs.count - failed.count + refused.count) object(s), \(formatBytes(b)) in \(ProgressReporter.duration(secs)) (\(formatBytes(Int64(Double(b) / max(secs, 1e-3))))/s)" + (failed.isEmpty ? "" : ", \(failed.count) failed")
+                                   + (checks.isEmpty ? "" : "; checked by " + checks.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")))
+                        if let n = checks["size"] {
+                            printError("note: \(n) object(s) were checked by their size only: the server holds no SHA-256 (x-amz-meta-sha256 or checksum) or MD5 ETag of them")
+                        }
                     }
                 }
                 if !failed.isEmpty { throw ExitCode(Exit.itemsFailed) }

@@ -40,6 +40,12 @@ final class S3WorkflowTests: XCTestCase {
         XCTAssertEqual(ok.status, 0, ok.combined)
         let head = try headObject("big.bin")
         XCTAssertTrue(head.stdout.contains("\"sha256\": \"\(sha)\""), head.combined)
+        // Downloaded again, it is checked by its parts' SHA-256 digests, and --json says so.
+        let down = try emflow(["s3", "cp", "--json", "s3://\(bucket)/big.bin", t.file("big-down.bin")])
+        XCTAssertEqual(down.status, 0, down.combined)
+        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(down.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(summary["verified"] as? [String: Int], ["sha256 of parts": 1], down.stdout)
+        XCTAssertEqual(try sha256(t.file("big-down.bin")), sha)
 
         let wrong = String(repeating: "0", count: 64)
         let bad = try emflow(["s3", "cp", "--quiet", "--sha256", wrong, file, "s3://\(bucket)/wrong.bin"])

@@ -1,7 +1,7 @@
 import XCTest
 import Foundation
 import Synchronization
-import S3Stage
+@testable import S3Stage
 import Checksums
 import POSIXFiles
 import TestSupport
@@ -84,6 +84,104 @@ final class S3ClientTests: XCTestCase {
         let r = try c.download(bucket: bucket, key: "by-aws.bin", to: tmp.file("by-aws-down.bin"))
         XCTAssertEqual(r.verifiedBy, "md5 (etag)")
         XCTAssertEqual(try readFile(tmp.file("by-aws-down.bin")), try readFile(other))
+    }
+
+    /// Uploads `parts` (of any sizes) as one multipart object with the aws cli, with SHA-256 part
+    /// checksums (a composite checksum) or without (then only the ETag tells of the parts).
+    func awsMultipart(_ bucket: String, _ key: String, _ parts: [[UInt8]], sha256: Bool) throws {
+        var create = ["s3api", "create-multipart-upload", "--bucket", bucket, "--key", key, "--query", "UploadId", "--output", "text"]
+        if sha256 { create += ["--checksum-algorithm", "SHA256"] }
+        let created = try aws(create)
+        XCTAssertEqual(created.status, 0, created.combined)
+        let id = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        var done: [[String: Any]] = []
+        for (i, bytes) in parts.enumerated() {
+            var args = ["s3api", "upload-part", "--bucket", bucket, "--key", key, "--upload-id", id, "--part-number", "\(i + 1)",
+                        "--body", tmp.write("parts/\(key)-\(i)", bytes), "--output", "json"]
+            if sha256 { args += ["--checksum-algorithm", "SHA256"] }
+            let sent = try aws(args)
+            XCTAssertEqual(sent.status, 0, sent.combined)
+            let reply = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(sent.stdout.utf8)) as? [String: Any])
+            var part: [String: Any] = ["PartNumber": i + 1, "ETag": reply["ETag"] ?? ""]
+            if sha256 { part["ChecksumSHA256"] = reply["ChecksumSHA256"] ?? "" }
+            done.append(part)
+        }
+        let list = String(decoding: try JSONSerialization.data(withJSONObject: ["Parts": done]), as: UTF8.self)
+        let completed = try aws(["s3api", "complete-multipart-upload", "--bucket", bucket, "--key", key, "--upload-id", id, "--multipart-upload", list])
+        XCTAssertEqual(completed.status, 0, completed.combined)
+    }
+
+    /// Objects that other clients uploaded carry no x-amz-meta-sha256. emflow checks them by what the
+    /// server holds of their parts: the composite SHA-256 checksum, else the ETag's MD5 of part MD5s;
+    /// parts not all of one size are found out rather than failing the object; and where the server
+    /// holds nothing to check against, the result says "size". Both for a caller that records the
+    /// file's SHA-256 (stage-in) and one that does not (s3 cp).
+    func testObjectsOtherClientsUploadedAreCheckedByTheirParts() throws {
+        let c = try client(partSize: 5 << 20)
+        let bucket = S3TestServer.bucketName("oth")
+        try c.createBucket(bucket)
+        let content = random(20 << 20 + 321)
+        let file = tmp.write("other.bin", content)
+        // aws s3 cp sends 8 MiB parts: 3 here.
+        XCTAssertEqual(try aws(["s3", "cp", "--no-progress", "--checksum-algorithm", "SHA256", file, "s3://\(bucket)/composite.bin"]).status, 0)
+        XCTAssertEqual(try aws(["s3", "cp", "--no-progress", file, "s3://\(bucket)/etag.bin"]).status, 0)
+        // Uneven parts that come to the count the first part's size gives: 5, 6 MiB and 1000 bytes.
+        let uneven = [random(5 << 20), random(6 << 20), random(1000)]
+        try awsMultipart(bucket, "uneven-sha.bin", uneven, sha256: true)
+        try awsMultipart(bucket, "uneven-md5.bin", uneven, sha256: false)
+        // Uneven parts that do not (5 and 7 MiB would be 3 parts of 5): nothing to check them by.
+        let two = [random(5 << 20), random(7 << 20)]
+        try awsMultipart(bucket, "two.bin", two, sha256: false)
+        let cases: [(key: String, by: String, bytes: [UInt8])] = [
+            ("composite.bin", "sha256 of 3 parts", content), ("etag.bin", "md5 of 3 parts (etag)", content),
+            ("uneven-sha.bin", "sha256 of 3 parts", uneven.flatMap { $0 }), ("uneven-md5.bin", "md5 of 3 parts (etag)", uneven.flatMap { $0 }),
+            ("two.bin", "size", two.flatMap { $0 }),
+        ]
+        for t in cases {
+            for wanted in [true, false] {
+                let dest = tmp.file("down/\(wanted)/\(t.key)")
+                let r = try c.download(bucket: bucket, key: t.key, to: dest, sha256: wanted)
+                XCTAssertEqual(r.verifiedBy, t.by, t.key)
+                XCTAssertEqual(r.sha256, wanted || t.by == "size" ? SHA256Hasher.hash(t.bytes) : nil, t.key)
+                XCTAssertEqual(try readFile(dest), t.bytes, t.key)
+            }
+        }
+
+        // A damaged part is caught: one byte off in what arrived, and the parts' MD5s do not give the
+        // ETag, nor do the parts along their true sizes (which are the laid-out ones here).
+        let head = try XCTUnwrap(try c.head(bucket: bucket, key: "etag.bin"))
+        let layout = try XCTUnwrap(try c.partLayout(of: head, bucket: bucket, etag: true))
+        XCTAssertEqual(layout.algorithm, .md5)
+        XCTAssertEqual(layout.partSize, 8 << 20)
+        func checks(_ bytes: [UInt8], _ layout: PartLayout) -> Bool {
+            let digests = PartDigests(layout, size: Int64(bytes.count))
+            bytes.withUnsafeBytes { PartDigests.Cursor(digests).feed($0, at: 0) }
+            return digests.verify()
+        }
+        var damaged = content
+        damaged[9 << 20] ^= 1
+        XCTAssertTrue(checks(content, layout))
+        XCTAssertFalse(checks(damaged, layout))
+        XCTAssertFalse(try c.checkAlongTrueParts(layout, of: head, bucket: bucket, file: tmp.write("damaged.bin", damaged)))
+        // Uneven parts: the laid-out check fails, the one along the true parts holds, unless damaged.
+        let unevenHead = try XCTUnwrap(try c.head(bucket: bucket, key: "uneven-md5.bin"))
+        let guessed = try XCTUnwrap(try c.partLayout(of: unevenHead, bucket: bucket, etag: true))
+        var joined = uneven.flatMap { $0 }
+        XCTAssertFalse(checks(joined, guessed))
+        XCTAssertTrue(try c.checkAlongTrueParts(guessed, of: unevenHead, bucket: bucket, file: tmp.write("uneven.bin", joined)))
+        joined[(5 << 20) + 7] ^= 0x80
+        XCTAssertFalse(try c.checkAlongTrueParts(guessed, of: unevenHead, bucket: bucket, file: tmp.write("uneven-damaged.bin", joined)))
+
+        // Under a KMS or customer key an ETag is no MD5, and emflow does not take it for one.
+        XCTAssertNotNil(head.multipartETagMD5)
+        var kms = head
+        kms.encryption = "aws:kms"
+        XCTAssertNil(kms.multipartETagMD5)
+        XCTAssertNil(try c.partLayout(of: kms, bucket: bucket, etag: true).map { _ in "a layout by the ETag" })
+        let md5 = String(repeating: "0123456789abcdef", count: 2)
+        XCTAssertNil(S3Client.object(key: "k", headers: ["etag": "\"\(md5)\"", "x-amz-server-side-encryption-customer-algorithm": "AES256"]).etagMD5)
+        XCTAssertNil(S3Client.object(key: "k", headers: ["etag": "\"\(md5)\"", "x-amz-server-side-encryption": "aws:kms"]).etagMD5)
+        XCTAssertEqual(S3Client.object(key: "k", headers: ["etag": "\"\(md5)\"", "x-amz-server-side-encryption": "AES256"]).etagMD5, md5)
     }
 
     /// A large object goes both ways in bounded memory: parts stream between the file and the network,
