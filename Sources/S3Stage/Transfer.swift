@@ -212,6 +212,19 @@ extension S3Client {
         return Int(max(minimum, (needed + mib - 1) / mib * mib))
     }
 
+    /// The size of the ranged GETs a download is cut into. Where the whole content is hashed in file
+    /// order, or `--part-size` says, it is the part size (ranges ahead of the ordered hash wait in its
+    /// window). Otherwise ranges are larger, about two per parallel request, up to 64 MiB: fewer
+    /// requests cost the server less (1 GiB on 2 cores: 64 MiB ranges took 0.94–1.08 s and 0.66–0.77
+    /// s of server CPU, 16 MiB ones 1.09–1.13 s and 0.82–0.87 s; on 16 cores 32–64 MiB ranges were
+    /// faster too).
+    func rangeSize(for size: Int64, ordered: Bool) -> Int64 {
+        let part = Int64(partSize(for: size))
+        guard !ordered, config.partSize == nil else { return part }
+        let mib: Int64 = 1 << 20
+        return max(part, min(64 * mib, size / Int64(2 * max(1, config.concurrency)) / mib * mib))
+    }
+
     // MARK: - Download
 
     /// Downloads an object to `path`: into a preallocated temporary file next to it (parallel ranged
@@ -337,7 +350,7 @@ extension S3Client {
                     hint: "check that the destination is writable and has \(obj.size) bytes free")
         }
         // Ranges hold whole upload parts when their checksums are checked.
-        let ours = Int64(partSize(for: obj.size))
+        let ours = rangeSize(for: obj.size, ordered: wholeSHA256)
         let part = layout.map { $0.partSize * max(1, ours / $0.partSize) } ?? ours
         let count = max(1, Int((obj.size + part - 1) / part))
         let rawFD = fd.rawValue

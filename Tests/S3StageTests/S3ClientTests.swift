@@ -228,10 +228,16 @@ final class S3ClientTests: XCTestCase {
             XCTAssertEqual(r.sha256, sha); XCTAssertEqual(r.verifiedBy, "sha256")
         }, limit)
         XCTAssertEqual(try FileHasher.sha256(path: dest).sha256, sha)
-        // Without a whole SHA-256 wanted, the 20 parts are checked against the composite checksum.
+        // Without a whole SHA-256 wanted, the 20 parts are checked against the composite checksum,
+        // fetched in larger ranges (about two per request, up to 64 MiB: 4 parts each here, 2 at once).
+        let wide = try client(concurrency: 2)
+        XCTAssertEqual(wide.rangeSize(for: Int64(size), ordered: false), 64 << 20)
+        XCTAssertEqual(wide.rangeSize(for: Int64(size), ordered: true), 16 << 20, "the ordered hash keeps part-sized ranges")
+        XCTAssertEqual(try client(partSize: 5 << 20).rangeSize(for: Int64(size), ordered: false), 5 << 20, "as --part-size says")
+        XCTAssertEqual(c.rangeSize(for: 100 << 20, ordered: false), 16 << 20, "never below the part size")
         let byParts = tmp.file("down/by-parts.bin")
         XCTAssertLessThan(try peakGrowth("download, checked by parts") {
-            let r = try c.download(bucket: bucket, key: "big.bin", to: byParts, sha256: false)
+            let r = try wide.download(bucket: bucket, key: "big.bin", to: byParts, sha256: false)
             XCTAssertNil(r.sha256); XCTAssertEqual(r.verifiedBy, "sha256 of 20 parts")
         }, limit)
         XCTAssertEqual(try FileHasher.sha256(path: byParts).sha256, sha)
