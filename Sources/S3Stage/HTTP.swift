@@ -57,27 +57,38 @@ private final class Exchange {
     var status = 0
     var headers: [String: String] = [:]
     var sink: ((Int, UnsafeRawBufferPointer) -> Bool)?
+    /// Sees the headers of a 2xx reply once, before its first bytes go to `sink`.
+    var start: (([String: String]) -> Void)?
     var collected: [UInt8] = []
     var sinkRefused = false
-    init(body: RequestBody, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) { self.body = body; self.sink = sink }
+    init(body: RequestBody, start: (([String: String]) -> Void)?, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) {
+        self.body = body; self.start = start; self.sink = sink
+    }
 }
 
 private let headerCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, n, user in
     let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
     let count = size * n
-    let line = String(decoding: UnsafeRawBufferPointer(start: ptr, count: count), as: UTF8.self)
-        .trimmingCharacters(in: [" ", "\r", "\n", "\t"])
-    if line.hasPrefix("HTTP/") {
+    // Parsed as bytes: Foundation's trimming took a tenth of the CPU of many small downloads.
+    let line = trimmed(UnsafeRawBufferPointer(start: ptr, count: count)[...])
+    if line.starts(with: "HTTP/".utf8) {
         // A new response (after 100 Continue or a redirect): start over.
-        let parts = line.split(separator: " ")
-        ex.status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+        let parts = line.split(separator: 0x20)
+        ex.status = parts.count > 1 ? Int(String(decoding: parts[1], as: UTF8.self)) ?? 0 : 0
         ex.headers = [:]
-    } else if let colon = line.firstIndex(of: ":") {
-        let name = line[..<colon].lowercased()
-        let value = line[line.index(after: colon)...].trimmingCharacters(in: [" ", "\t"])
+    } else if let colon = line.firstIndex(of: 0x3A) {
+        let name = String(decoding: line[..<colon].map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self)
+        let value = String(decoding: trimmed(line[(colon + 1)...]), as: UTF8.self)
         ex.headers[name] = ex.headers[name].map { $0 + "," + value } ?? value
     }
     return count
+}
+
+/// `bytes` without leading and trailing spaces, tabs, CRs and LFs.
+private func trimmed(_ bytes: Slice<UnsafeRawBufferPointer>) -> Slice<UnsafeRawBufferPointer> {
+    func space(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A }
+    guard let first = bytes.firstIndex(where: { !space($0) }), let last = bytes.lastIndex(where: { !space($0) }) else { return bytes[bytes.startIndex..<bytes.startIndex] }
+    return bytes[first...last]
 }
 
 private let writeCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, n, user in
@@ -85,6 +96,7 @@ private let writeCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, In
     let count = size * n
     let chunk = UnsafeRawBufferPointer(start: ptr, count: count)
     if (200..<300).contains(ex.status), let sink = ex.sink {
+        if let start = ex.start { ex.start = nil; start(ex.headers) }
         if !sink(ex.status, chunk) { ex.sinkRefused = true; return 0 }
     } else if ex.collected.count < 1 << 20 {
         ex.collected.append(contentsOf: chunk)
@@ -135,11 +147,12 @@ final class CurlHandle: @unchecked Sendable {
     deinit { curl_easy_cleanup(h) }
 
     /// Performs one request. `body` must stay valid for the call. `sink` receives a 2xx body as it
-    /// arrives, with the status (return false to abort); without one the body is collected.
-    func perform(method: String, url: String, headers: [(String, String)], body: RequestBody?,
-                 settings: HTTPSettings, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) throws(TransportError) -> HTTPResponse {
+    /// arrives, with the status (return false to abort), after `start` has seen the reply's headers;
+    /// without a sink the body is collected.
+    func perform(method: String, url: String, headers: [(String, String)], body: RequestBody?, settings: HTTPSettings,
+                 start: (([String: String]) -> Void)? = nil, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) throws(TransportError) -> HTTPResponse {
         curl_easy_reset(h)
-        let ex = Exchange(body: body ?? .bytes(UnsafeRawBufferPointer(start: nil, count: 0)), sink: sink)
+        let ex = Exchange(body: body ?? .bytes(UnsafeRawBufferPointer(start: nil, count: 0)), start: start, sink: sink)
         let user = Unmanaged.passUnretained(ex).toOpaque()
         var list: UnsafeMutablePointer<curl_slist>? = nil
         // No "Expect: 100-continue" round trip before each upload.

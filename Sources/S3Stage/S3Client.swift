@@ -104,8 +104,9 @@ public final class S3Client: Sendable {
     }
 
     /// Sends once (no retries): signs with the current time, performs, and turns a non-2xx reply into
-    /// an S3Error. `body` must stay valid during the call.
-    func sendOnce(_ r: Request, body: RequestBody?, sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) throws(S3Error) -> HTTPResponse {
+    /// an S3Error. `body` must stay valid during the call; `start` and `sink` as for `perform`.
+    func sendOnce(_ r: Request, body: RequestBody?, start: (([String: String]) -> Void)? = nil,
+                  sink: ((Int, UnsafeRawBufferPointer) -> Bool)?) throws(S3Error) -> HTTPResponse {
         let (host, path) = target(bucket: r.bucket, key: r.key)
         let date = Self.amzDate()
         var headers = r.headers + [("host", host), ("x-amz-date", date), ("x-amz-content-sha256", r.payloadHash)]
@@ -119,7 +120,7 @@ public final class S3Client: Sendable {
         let response: HTTPResponse
         do {
             response = try pool.withHandle { (h) throws(S3Error) in
-                do throws(TransportError) { return try h.perform(method: r.method, url: url, headers: sendHeaders, body: body, settings: config.http, sink: sink) }
+                do throws(TransportError) { return try h.perform(method: r.method, url: url, headers: sendHeaders, body: body, settings: config.http, start: start, sink: sink) }
                 catch { throw S3Error(operation: r.operation, bucket: r.bucket, key: r.key, status: nil, code: nil,
                                       message: "\(error.message) (endpoint \(config.endpoint))",
                                       hint: error.retryable ? "the connection failed; it was retried — check that the S3 service at \(config.endpoint) is up"

@@ -176,8 +176,17 @@ final class OrderedHasher: @unchecked Sendable {
     }
 
     private func update(_ bytes: UnsafeRawBufferPointer) {
-        sha!.update(bytes)
+        sha?.update(bytes)
         md5?.update(bytes)
+    }
+
+    /// Drops the digests not needed after all, as long as nothing is hashed yet (a single GET learns
+    /// from its reply's headers which of them it can be checked by).
+    func keep(sha256: Bool, md5: Bool) {
+        cond.lock(); defer { cond.unlock() }
+        guard hashed == 0, held.isEmpty else { return }
+        if !sha256 { sha = nil }
+        if !md5 { self.md5 = nil }
     }
 
     /// Stops hashing (the transfer failed): writers waiting go on, the hashing thread ends.
@@ -188,9 +197,9 @@ final class OrderedHasher: @unchecked Sendable {
         while running { cond.wait() }
     }
 
-    /// The digests, once every block is added; call once, after the last `add`. Nil when bytes are
-    /// missing (a part that failed).
-    func finish() -> (sha256: String, md5: String?)? {
+    /// The digests (those kept), once every block is added; call once, after the last `add`. Nil when
+    /// bytes are missing (a part that failed).
+    func finish() -> (sha256: String?, md5: String?)? {
         cond.lock(); defer { cond.unlock() }
         stopped = true
         cond.broadcast()
@@ -198,7 +207,7 @@ final class OrderedHasher: @unchecked Sendable {
         guard hashed == size else { return nil }
         var m: String? = nil
         if let d = md5.take() { m = hex(d.finalizeBytes()) }
-        return (sha.take()!.finalize(), m)
+        return (sha.take()?.finalize(), m)
     }
 }
 
@@ -264,7 +273,7 @@ extension S3Client {
             attempt += 1
             let tmp = AtomicFile.temporaryPath(for: path)
             do throws(S3Error) {
-                let result = try downloadOnce(obj, bucket: bucket, tmp: tmp, layout: layout, wholeSHA256: wanted || layout == nil, progress: progress)
+                let result = try downloadOnce(obj, bucket: bucket, tmp: tmp, layout: layout, sha256: wanted, progress: progress)
                 do {
                     try setPermissions(tmp, permissions)
                     try AtomicFile.publish(temporary: tmp, as: path)
@@ -342,7 +351,7 @@ extension S3Client {
         return Digester.digest(layout.algorithm, digests.withLock { $0 }.flatMap { $0 }) == layout.composite
     }
 
-    private func downloadOnce(_ obj: S3Object, bucket: String, tmp: String, layout: PartLayout?, wholeSHA256: Bool,
+    private func downloadOnce(_ obj: S3Object, bucket: String, tmp: String, layout: PartLayout?, sha256 wanted: Bool,
                               progress: (@Sendable (Int) -> Void)?) throws(S3Error) -> TransferResult {
         let key = obj.key
         let fd = try Self.createPreallocated(tmp, size: obj.size) { e in
@@ -350,6 +359,8 @@ extension S3Client {
                     hint: "check that the destination is writable and has \(obj.size) bytes free")
         }
         // Ranges hold whole upload parts when their checksums are checked.
+        // The whole content is hashed in file order when its SHA-256 is wanted or nothing else checks it.
+        let wholeSHA256 = wanted || layout == nil
         let ours = rangeSize(for: obj.size, ordered: wholeSHA256)
         let part = layout.map { $0.partSize * max(1, ours / $0.partSize) } ?? ours
         let count = max(1, Int((obj.size + part - 1) / part))
@@ -359,6 +370,18 @@ extension S3Client {
         let hasher = !wholeSHA256 ? nil : OrderedHasher(size: obj.size, partSize: part, window: OrderedHasher.window(partSize: part),
                                                         md5: obj.recordedSHA256 == nil && obj.etagMD5 != nil)
         let blockSize = hasher?.blockSize ?? OrderedHasher.blockSize(partSize: part, size: obj.size)
+        // A single GET of a listed object learns from its reply's headers which digest checks it: the
+        // recorded SHA-256 if there is one (then no MD5 is needed), else the ETag's MD5 (then no
+        // SHA-256, unless the caller wants it).
+        let learn: (@Sendable ([String: String]) -> Void)? = {
+            guard count == 1, obj.recordedSHA256 == nil, let hasher else { return nil }
+            let md5Possible = obj.etagMD5 != nil
+            return { headers in
+                let replied = S3Client.object(key: key, headers: headers)
+                let recorded = replied.recordedSHA256 != nil
+                hasher.keep(sha256: wanted || recorded, md5: !recorded && md5Possible && replied.etagIsMD5)
+            }
+        }()
         let firstReply = Mutex<[String: String]?>(nil)
         let firstError = Mutex<S3Error?>(nil)
         // Each part streams into its place in the file in blocks of up to 1 MiB (fewer, larger writes
@@ -400,7 +423,7 @@ extension S3Client {
                     if obj.size > 0 { r.headers.append(("range", "bytes=\(start + written)-\(start + length - 1)")) }
                     let reply: HTTPResponse
                     do throws(S3Error) {
-                        reply = try self.sendOnce(r, body: nil) { status, chunk in
+                        reply = try self.sendOnce(r, body: nil, start: learn) { status, chunk in
                             // Only the range asked for is written: a server that ignores it (200 with
                             // the whole object) or sends more is refused.
                             if status != 206 && !(written == 0 && staged == 0 && length == obj.size) { ignoredRange = status; return false }

@@ -84,6 +84,15 @@ final class S3ClientTests: XCTestCase {
         let r = try c.download(bucket: bucket, key: "by-aws.bin", to: tmp.file("by-aws-down.bin"))
         XCTAssertEqual(r.verifiedBy, "md5 (etag)")
         XCTAssertEqual(try readFile(tmp.file("by-aws-down.bin")), try readFile(other))
+        // A listed object fetched in one GET by a caller that wants no SHA-256 (s3 cp) is hashed only
+        // by what its reply says checks it: the recorded SHA-256, else the ETag's MD5.
+        let relisted = try c.list(bucket: bucket).objects
+        for (key, by) in [(files[1].key, "sha256"), ("by-aws.bin", "md5 (etag)")] {
+            let again = try c.download(bucket: bucket, key: key, to: tmp.file("again/" + key), known: relisted.first { $0.key == key }, sha256: false)
+            XCTAssertEqual(again.verifiedBy, by, key)
+            XCTAssertEqual(again.sha256 != nil, by == "sha256", "a SHA-256 only where it checked the object")
+        }
+        XCTAssertEqual(try readFile(tmp.file("again/by-aws.bin")), try readFile(other))
     }
 
     /// Uploads `parts` (of any sizes) as one multipart object with the aws cli, with SHA-256 part
