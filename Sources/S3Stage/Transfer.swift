@@ -223,10 +223,9 @@ extension S3Client {
 
     /// The size of the ranged GETs a download is cut into. Where the whole content is hashed in file
     /// order, or `--part-size` says, it is the part size (ranges ahead of the ordered hash wait in its
-    /// window). Otherwise ranges are larger, about two per parallel request, up to 64 MiB: fewer
-    /// requests cost the server less (1 GiB on 2 cores: 64 MiB ranges took 0.94–1.08 s and 0.66–0.77
-    /// s of server CPU, 16 MiB ones 1.09–1.13 s and 0.82–0.87 s; on 16 cores 32–64 MiB ranges were
-    /// faster too).
+    /// window). Otherwise ranges are larger, about two per parallel request, up to 64 MiB: 16 GETs
+    /// rather than 64 for 1 GiB, which cost the server less (on 16 cores 32–64 MiB ranges were faster;
+    /// on 2 cores, alternating, 0.89–1.08 s against 0.95–1.11 s, within the noise).
     func rangeSize(for size: Int64, ordered: Bool) -> Int64 {
         let part = Int64(partSize(for: size))
         guard !ordered, config.partSize == nil else { return part }
