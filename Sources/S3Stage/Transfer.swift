@@ -25,6 +25,9 @@ struct PartLayout: Sendable {
     let algorithm: Digester.Algorithm
     /// The digest of the parts' digests that the server holds.
     let composite: [UInt8]
+    /// Whether the parts are of one size but the last. Parts that are not are checked after the
+    /// download, along their true sizes (`checkAlongTrueParts`), rather than as they arrive.
+    var uniform = true
 
     /// How a check by these parts is named: "sha256 of N parts" or "md5 of N parts (etag)".
     var name: String { algorithm == .sha256 ? "sha256 of \(count) parts" : "md5 of \(count) parts (etag)" }
@@ -259,7 +262,7 @@ extension S3Client {
         // The parts' checksums are used where they add something: no whole SHA-256 is wanted, or
         // there is no recorded one to check it against. The ETag's MD5 of part MD5s, which costs more
         // to check than SHA-256, only where there is nothing else.
-        let layout = !wanted || obj.recordedSHA256 == nil ? try partLayout(of: obj, bucket: bucket, etag: obj.recordedSHA256 == nil) : nil
+        let layout = !wanted || obj.recordedSHA256 == nil ? try partLayout(of: obj, bucket: bucket, nothingElse: obj.recordedSHA256 == nil) : nil
         func ioError(_ e: POSIXFileError) -> S3Error {
             S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: nil, message: e.description,
                     hint: "check that the destination directory exists, is writable and has room")
@@ -286,15 +289,16 @@ extension S3Client {
         }
     }
 
-    /// The parts of a multipart object, if they are of one size but the last, with what they are
-    /// checked against: the composite SHA-256 checksum (`base64-N`) where the server keeps one, else
-    /// (when `etag` allows it) the ETag's MD5 of part MD5s (`hex-N`). The first part's size comes from
-    /// a HEAD with partNumber=1. nil for anything else, and for a server that does not answer that
-    /// HEAD as S3 does.
-    func partLayout(of obj: S3Object, bucket: String, etag: Bool) throws(S3Error) -> PartLayout? {
+    /// The parts of a multipart object, with what they are checked against: the composite SHA-256
+    /// checksum (`base64-N`) where the server keeps one, else the ETag's MD5 of part MD5s (`hex-N`).
+    /// The first part's size comes from a HEAD with partNumber=1; parts that cannot all be of that
+    /// size (but the last) make a layout that is not `uniform`. `nothingElse`: no recorded SHA-256
+    /// checks the object, so the ETag may, and uneven parts are worth their HEADs. nil for anything
+    /// else, and for a server that does not answer that HEAD as S3 does.
+    func partLayout(of obj: S3Object, bucket: String, nothingElse: Bool) throws(S3Error) -> PartLayout? {
         let algorithm: Digester.Algorithm, composite: [UInt8], count: Int
         if let c = obj.compositeSHA256 { (algorithm, composite, count) = (.sha256, c.digest, c.parts) }
-        else if etag, let m = obj.multipartETagMD5 { (algorithm, composite, count) = (.md5, m.digest, m.parts) }
+        else if nothingElse, let m = obj.multipartETagMD5 { (algorithm, composite, count) = (.md5, m.digest, m.parts) }
         else { return nil }
         guard count > 1, obj.size >= Int64(count) else { return nil }
         var r = Request(operation: "HeadObject", method: "HEAD", bucket: bucket, key: obj.key, query: [("partNumber", "1")])
@@ -303,17 +307,22 @@ extension S3Client {
         do { reply = try send(r) } catch where error.status == 400 || error.status == 416 || error.status == 501 { return nil }
         // A listed object's encryption shows only here; under a KMS or customer key the ETag is no MD5.
         if algorithm == .md5 && !Self.object(key: obj.key, headers: reply.headers).etagIsMD5 { return nil }
-        guard let first = Int64(reply.headers["content-length"] ?? ""), first > 0,
-              Int((obj.size + first - 1) / first) == count,
-              reply.headers["x-amz-mp-parts-count"].map({ Int($0) == count }) ?? true else { return nil }
-        return PartLayout(partSize: first, count: count, algorithm: algorithm, composite: composite)
+        guard let first = Int64(reply.headers["content-length"] ?? ""), first > 0 else { return nil }
+        let partsCount = reply.headers["x-amz-mp-parts-count"].flatMap { Int($0) }
+        var layout = PartLayout(partSize: first, count: count, algorithm: algorithm, composite: composite)
+        if Int((obj.size + first - 1) / first) == count && (partsCount ?? count) == count { return layout }
+        // Uneven parts, from a server that says it has them: checked after the download.
+        guard nothingElse, partsCount == count, first < obj.size else { return nil }
+        layout.uniform = false
+        return layout
     }
 
     /// A check by parts that fails is certain only if the parts are what the layout took them to be,
     /// one size but the last. A client may have uploaded parts of other sizes that happen to come to
     /// the same count; so each part's size is asked for (HEAD ?partNumber=k, in parallel), and where
-    /// they differ from the layout the downloaded file is hashed again along the true parts. False
-    /// when the parts are as laid out (the content is damaged) or still do not check out.
+    /// they differ from the layout the downloaded file is hashed again along the true parts. The
+    /// same checks a layout that is not `uniform`. False when the parts are as laid out (the content
+    /// is damaged) or still do not check out.
     func checkAlongTrueParts(_ layout: PartLayout, of obj: S3Object, bucket: String, file path: String) throws(S3Error) -> Bool {
         let sizes = Mutex([Int64](repeating: -1, count: layout.count))
         let firstError = Mutex<S3Error?>(nil)
@@ -328,7 +337,7 @@ extension S3Client {
         if let e = firstError.withLock({ $0 }) { throw e }
         let parts = sizes.withLock { $0 }
         let laidOut = (0..<layout.count).map { min(layout.partSize, obj.size - Int64($0) * layout.partSize) }
-        guard parts != laidOut, parts.allSatisfy({ $0 > 0 }), parts.reduce(0, +) == obj.size else { return false }
+        guard !layout.uniform || parts != laidOut, parts.allSatisfy({ $0 > 0 }), parts.reduce(0, +) == obj.size else { return false }
         let starts = parts.indices.map { parts[..<$0].reduce(0, +) }
         func readError(_ e: POSIXFileError) -> S3Error {
             S3Error(operation: "download", bucket: bucket, key: obj.key, status: nil, code: nil, message: e.description, hint: "check the destination file system")
@@ -361,11 +370,11 @@ extension S3Client {
         // The whole content is hashed in file order when its SHA-256 is wanted or nothing else checks it.
         let wholeSHA256 = wanted || layout == nil
         let ours = rangeSize(for: obj.size, ordered: wholeSHA256)
-        let part = layout.map { $0.partSize * max(1, ours / $0.partSize) } ?? ours
+        let part = layout.flatMap { $0.uniform ? $0.partSize * max(1, ours / $0.partSize) : nil } ?? ours
         let count = max(1, Int((obj.size + part - 1) / part))
         let rawFD = fd.rawValue
         let path = tmp
-        let partDigests = layout.map { PartDigests($0, size: obj.size) }
+        let partDigests = layout.flatMap { $0.uniform ? PartDigests($0, size: obj.size) : nil }
         let hasher = !wholeSHA256 ? nil : OrderedHasher(size: obj.size, partSize: part, window: OrderedHasher.window(partSize: part),
                                                         md5: obj.recordedSHA256 == nil && obj.etagMD5 != nil)
         let blockSize = hasher?.blockSize ?? OrderedHasher.blockSize(partSize: part, size: obj.size)
@@ -480,15 +489,15 @@ extension S3Client {
             (sha, md5) = digests
         }
         var verifiedBy = "size"
-        if let partDigests {
-            var checked = partDigests.verify()
-            if !checked { checked = try checkAlongTrueParts(partDigests.layout, of: obj, bucket: bucket, file: path) }
+        if let layout {
+            var checked = partDigests?.verify() ?? false
+            if !checked { checked = try checkAlongTrueParts(layout, of: obj, bucket: bucket, file: path) }
             guard checked else {
-                throw mismatch(bucket, key, partDigests.layout.algorithm == .sha256
-                               ? "the SHA-256 digests of its \(partDigests.layout.count) parts do not give the object's composite checksum"
-                               : "the MD5 digests of its \(partDigests.layout.count) parts do not give the object's ETag \(obj.etag)")
+                throw mismatch(bucket, key, layout.algorithm == .sha256
+                               ? "the SHA-256 digests of its \(layout.count) parts do not give the object's composite checksum"
+                               : "the MD5 digests of its \(layout.count) parts do not give the object's ETag \(obj.etag)")
             }
-            verifiedBy = partDigests.layout.name
+            verifiedBy = layout.name
         }
         // A listed object's metadata and encryption come with the GET's reply.
         let replied = firstReply.withLock { $0 }.map { Self.object(key: key, headers: $0) }
