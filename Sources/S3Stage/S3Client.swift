@@ -33,9 +33,14 @@ public struct S3Object: Sendable, Codable, Hashable {
     /// A multipart upload's composite SHA-256 checksum (`base64-N`): the SHA-256 of its N parts'
     /// SHA-256 digests, and N.
     public var compositeSHA256: (digest: [UInt8], parts: Int)? {
-        guard let c = checksumSHA256, let dash = c.lastIndex(of: "-"), let n = Int(c[c.index(after: dash)...]), n > 0,
-              let d = Self.sha256Bytes(base64: String(c[..<dash])) else { return nil }
+        guard let (value, n) = checksumSHA256.flatMap(Self.partCount), let d = Self.sha256Bytes(base64: String(value)) else { return nil }
         return (d, n)
+    }
+
+    /// `value-N` as multipart checksums and ETags write it: the value and N (at least 1).
+    static func partCount(_ text: String) -> (Substring, Int)? {
+        guard let dash = text.lastIndex(of: "-"), let n = Int(text[text.index(after: dash)...]), n > 0 else { return nil }
+        return (text[..<dash], n)
     }
 
     /// The 32 bytes of a base64 SHA-256, as S3 checksum headers carry it.
@@ -54,8 +59,7 @@ public struct S3Object: Sendable, Codable, Hashable {
     /// A multipart upload's ETag (`hex-N`): the MD5 of its N parts' MD5 digests, and N; nil when the
     /// ETag is not of that form or encryption makes it something else.
     public var multipartETagMD5: (digest: [UInt8], parts: Int)? {
-        guard etagIsMD5, let dash = etag.lastIndex(of: "-"), let n = Int(etag[etag.index(after: dash)...]), n > 0 else { return nil }
-        guard let d = unhex(etag[..<dash]), d.count == 16 else { return nil }
+        guard etagIsMD5, let (value, n) = Self.partCount(etag), let d = unhex(value), d.count == 16 else { return nil }
         return (d, n)
     }
 }

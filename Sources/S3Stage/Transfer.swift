@@ -79,6 +79,13 @@ final class PartDigests: @unchecked Sendable {
     }
 }
 
+/// The object as a download's first reply shows it, set from whichever thread sees that reply.
+final class Reply: Sendable {
+    private let stored = Mutex<S3Object?>(nil)
+    var object: S3Object? { stored.withLock { $0 } }
+    @discardableResult func set(_ o: S3Object) -> S3Object { stored.withLock { $0 = o }; return o }
+}
+
 /// A block of bytes on their way to a file and its hash, page-aligned, reused through a pool.
 final class Block: @unchecked Sendable {
     let bytes: UnsafeMutableRawBufferPointer
@@ -338,7 +345,7 @@ extension S3Client {
         let parts = sizes.withLock { $0 }
         let laidOut = (0..<layout.count).map { min(layout.partSize, obj.size - Int64($0) * layout.partSize) }
         guard !layout.uniform || parts != laidOut, parts.allSatisfy({ $0 > 0 }), parts.reduce(0, +) == obj.size else { return false }
-        let starts = parts.indices.map { parts[..<$0].reduce(0, +) }
+        let starts: [Int64] = { var at: Int64 = 0; return parts.map { n in defer { at += n }; return at } }()
         func readError(_ e: POSIXFileError) -> S3Error {
             S3Error(operation: "download", bucket: bucket, key: obj.key, status: nil, code: nil, message: e.description, hint: "check the destination file system")
         }
@@ -378,6 +385,9 @@ extension S3Client {
         let hasher = !wholeSHA256 ? nil : OrderedHasher(size: obj.size, partSize: part, window: OrderedHasher.window(partSize: part),
                                                         md5: obj.recordedSHA256 == nil && obj.etagMD5 != nil)
         let blockSize = hasher?.blockSize ?? OrderedHasher.blockSize(partSize: part, size: obj.size)
+        // The object as the first range's reply shows it (a listed object's metadata and encryption
+        // come with it), parsed once.
+        let replied = Reply()
         // A single GET of a listed object learns from its reply's headers which digest checks it: the
         // recorded SHA-256 if there is one (then no MD5 is needed), else the ETag's MD5 (then no
         // SHA-256, unless the caller wants it).
@@ -385,12 +395,11 @@ extension S3Client {
             guard count == 1, obj.recordedSHA256 == nil, let hasher else { return nil }
             let md5Possible = obj.etagMD5 != nil
             return { headers in
-                let replied = S3Client.object(key: key, headers: headers)
-                let recorded = replied.recordedSHA256 != nil
-                hasher.keep(sha256: wanted || recorded, md5: !recorded && md5Possible && replied.etagIsMD5)
+                let o = replied.set(S3Client.object(key: key, headers: headers))
+                let recorded = o.recordedSHA256 != nil
+                hasher.keep(sha256: wanted || recorded, md5: !recorded && md5Possible && o.etagIsMD5)
             }
         }()
-        let firstReply = Mutex<[String: String]?>(nil)
         let firstError = Mutex<S3Error?>(nil)
         // Each part streams into its place in the file in blocks of up to 1 MiB (fewer, larger writes
         // than the network's chunks), which then go to the hash; a part cut off midway asks again for
@@ -471,7 +480,7 @@ extension S3Client {
                                       message: "bytes \(start)-\(start + length - 1): got \(written) of \(length) bytes",
                                       hint: "the connection ended early; it was retried", retryable: true)
                     }
-                    if i == 0 { firstReply.withLock { $0 = reply.headers } }
+                    if i == 0 && replied.object == nil { replied.set(Self.object(key: key, headers: reply.headers)) }
                 }
                 if unreported > 0 { progress?(unreported) }
             } catch {
@@ -499,12 +508,11 @@ extension S3Client {
             }
             verifiedBy = layout.name
         }
-        // A listed object's metadata and encryption come with the GET's reply.
-        let replied = firstReply.withLock { $0 }.map { Self.object(key: key, headers: $0) }
-        if let sha, let expectSHA = obj.recordedSHA256 ?? replied?.recordedSHA256 {
+        let reply = replied.object
+        if let sha, let expectSHA = obj.recordedSHA256 ?? reply?.recordedSHA256 {
             guard sha == expectSHA else { throw mismatch(bucket, key, "sha256 \(sha), the object records \(expectSHA)") }
             verifiedBy = "sha256"
-        } else if let expectMD5 = obj.etagMD5, replied?.etagIsMD5 ?? true, let md5 {
+        } else if let expectMD5 = obj.etagMD5, reply?.etagIsMD5 ?? true, let md5 {
             guard md5 == expectMD5 else { throw mismatch(bucket, key, "md5 \(md5), the ETag is \(expectMD5)") }
             verifiedBy = "md5 (etag)"
         }
