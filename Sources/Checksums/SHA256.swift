@@ -197,35 +197,20 @@ extension FileHasher {
         let fd = try FileDescriptor(path: path, mode: .read)
         let size = if let expected { expected } else { try fd.status().size }
         let count = Int((size + Int64(partSize) - 1) / Int64(partSize))
-        let parts = Mutex<[[UInt8]]>(Array(repeating: [], count: count))
-        let failure = Mutex<POSIXFileError?>(nil)
-        let raw = fd.rawValue
-        // Two helpers keep up with the one sequential pass; each reads its part in pieces of at most
-        // 4 MiB into one reused buffer (a fresh one per part would cost a page fault per 4 KiB).
+        let ranges = (0..<count).map { i in (at: Int64(i) * Int64(partSize), count: Int(min(Int64(partSize), size - Int64(i) * Int64(partSize)))) }
+        // Two helpers keep up with the one sequential pass, each hashing two parts at a time where
+        // that is faster, reading them in pieces of at most 4 MiB into buffers of its own.
         let width = max(1, min(2, ProcessInfo.processInfo.activeProcessorCount - 1))
-        let piece = min(partSize, 4 << 20)
-        nonisolated(unsafe) let buffers = (0..<min(width, max(count, 1))).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096) }
-        defer { for b in buffers { b.deallocate() } }
-        let running = ParallelThreads.start(count: count, width: width, shouldStop: { failure.withLock { $0 != nil } }) { w, i in
-            let start = Int64(i) * Int64(partSize)
-            do throws(POSIXFileError) {
-                let d = try digest(of: raw, path: path, at: start, count: Int(min(Int64(partSize), size - start)), buffer: buffers[w])
-                parts.withLock { $0[i] = d }
-            } catch {
-                failure.withLock { if $0 == nil { $0 = error } }
-            }
-        }
+        let parts = digests(.sha256, of: fd.rawValue, path: path, ranges: ranges, width: width)
         let whole: FileDigest
         do { whole = try hashChunks(of: fd) { chunk in onProgress?(chunk.count) } } catch {
-            failure.withLock { if $0 == nil { $0 = error } }
-            running.wait()
+            parts.cancel(error)
             throw error
         }
-        running.wait()
-        if let e = failure.withLock({ $0 }) { throw e }
+        let partDigests = try parts.wait()
         // A file that grew or shrank since: the parts do not describe what the whole digest read.
         guard whole.size == size else { throw POSIXFileError("read (the file changed size while it was hashed)", path: path, errno: EIO) }
-        return (whole, parts.withLock { $0 })
+        return (whole, partDigests)
     }
 }
 

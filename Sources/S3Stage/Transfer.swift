@@ -35,22 +35,26 @@ struct PartLayout: Sendable {
 
 /// The digests of an object's upload parts, each hashed by the thread that fetches it, in order, as
 /// its bytes are written: parts are checked in parallel instead of one hash over the whole object in
-/// file order, which one core caps (1–2 GB/s) below what a fast link delivers.
+/// file order, which one core caps (1–2 GB/s) below what a fast link delivers. The fetching threads
+/// meet at a `DigestPairing` to hash their blocks two at a time, interleaved on one core.
 final class PartDigests: @unchecked Sendable {
     let layout: PartLayout
     private let size: Int64
     private let digests: Mutex<[[UInt8]]>
+    let pairing = DigestPairing()
 
     init(_ layout: PartLayout, size: Int64) {
         self.layout = layout; self.size = size
         digests = Mutex(Array(repeating: [], count: layout.count))
     }
 
-    /// The running hash of one fetched range (whole parts, fed in order by one thread).
+    /// The running hash of one fetched range (whole parts, fed in order by one thread), open at the
+    /// pairing until `close()`.
     final class Cursor {
         private let owner: PartDigests
-        private var digester: Digester? = nil
-        init(_ owner: PartDigests) { self.owner = owner }
+        private var stream: DigestStream? = nil
+        private var closed = false
+        init(_ owner: PartDigests) { self.owner = owner; owner.pairing.enter() }
 
         /// `bytes` are the object's at `offset`, right after those fed before for this range.
         func feed(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
@@ -59,16 +63,25 @@ final class PartDigests: @unchecked Sendable {
                 let part = Int(offset / owner.layout.partSize)
                 let end = min(Int64(part + 1) * owner.layout.partSize, owner.size)
                 let n = Int(min(Int64(rest.count), end - offset))
-                if digester == nil { digester = Digester(owner.layout.algorithm) }
-                digester!.update(UnsafeRawBufferPointer(rebasing: rest[..<n]))
+                if stream == nil { stream = DigestStream(owner.layout.algorithm) }
+                owner.pairing.update(stream!, UnsafeRawBufferPointer(rebasing: rest[..<n]))
                 offset += Int64(n)
                 rest = UnsafeRawBufferPointer(rebasing: rest[n...])
                 if offset == end {
-                    let d = digester.take()!.finalizeBytes()
+                    let d = stream.take()!.finalizeBytes()
                     owner.digests.withLock { $0[part] = d }
                 }
             }
         }
+
+        /// This range is done (or failed): no other thread waits for it to pair.
+        func close() {
+            guard !closed else { return }
+            closed = true
+            owner.pairing.leave()
+        }
+
+        deinit { close() }
     }
 
     /// Whether every part was hashed and together they give the server's digest of the parts.
@@ -350,20 +363,11 @@ extension S3Client {
             S3Error(operation: "download", bucket: bucket, key: obj.key, status: nil, code: nil, message: e.description, hint: "check the destination file system")
         }
         let file = try Self.openForReading(path, readError)
-        let fd = file.rawValue
-        let digests = Mutex([[UInt8]](repeating: [], count: parts.count))
-        let failed = Mutex<POSIXFileError?>(nil)
-        let width = max(1, ProcessInfo.processInfo.activeProcessorCount)
-        ParallelThreads.run(count: parts.count, width: width, shouldStop: { failed.withLock { $0 != nil } }) { _, i in
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(parts[i], 1 << 20)), alignment: 4096)
-            defer { buffer.deallocate() }
-            do throws(POSIXFileError) {
-                let d = try FileHasher.digest(layout.algorithm, of: fd, path: path, at: starts[i], count: Int(parts[i]), buffer: buffer)
-                digests.withLock { $0[i] = d }
-            } catch { failed.withLock { if $0 == nil { $0 = error } } }
-        }
-        if let e = failed.withLock({ $0 }) { throw readError(e) }
-        return Digester.digest(layout.algorithm, digests.withLock { $0 }.flatMap { $0 }) == layout.composite
+        let hashing = FileHasher.digests(layout.algorithm, of: file.rawValue, path: path, ranges: zip(starts, parts).map { (at: $0, count: Int($1)) },
+                                         width: ProcessInfo.processInfo.activeProcessorCount, piece: 1 << 20)
+        let digests: [[UInt8]]
+        do { digests = try hashing.wait() } catch { throw readError(error) }
+        return Digester.digest(layout.algorithm, digests.flatMap { $0 }) == layout.composite
     }
 
     private func downloadOnce(_ obj: S3Object, bucket: String, tmp: String, layout: PartLayout?, sha256 wanted: Bool,
@@ -413,6 +417,7 @@ extension S3Client {
             var block: Block? = ownBlocks.isEmpty ? nil : ownBlocks[w]
             block?.count = 0
             let cursor = partDigests.map { PartDigests.Cursor($0) }
+            defer { cursor?.close() }
             var written: Int64 = 0   // of this part, in the file
             var unreported = 0
             var writeError: POSIXFileError? = nil
