@@ -41,7 +41,8 @@ final class PartDigests: @unchecked Sendable {
     let layout: PartLayout
     private let size: Int64
     private let digests: Mutex<[[UInt8]]>
-    let pairing = DigestPairing()
+    /// One for the process: ranges of objects downloaded side by side pair up too.
+    static let pairing = DigestPairing()
 
     init(_ layout: PartLayout, size: Int64) {
         self.layout = layout; self.size = size
@@ -54,7 +55,7 @@ final class PartDigests: @unchecked Sendable {
         private let owner: PartDigests
         private var stream: DigestStream? = nil
         private var closed = false
-        init(_ owner: PartDigests) { self.owner = owner; owner.pairing.enter() }
+        init(_ owner: PartDigests) { self.owner = owner; PartDigests.pairing.enter() }
 
         /// `bytes` are the object's at `offset`, right after those fed before for this range.
         func feed(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
@@ -64,7 +65,7 @@ final class PartDigests: @unchecked Sendable {
                 let end = min(Int64(part + 1) * owner.layout.partSize, owner.size)
                 let n = Int(min(Int64(rest.count), end - offset))
                 if stream == nil { stream = DigestStream(owner.layout.algorithm) }
-                owner.pairing.update(stream!, UnsafeRawBufferPointer(rebasing: rest[..<n]))
+                PartDigests.pairing.update(stream!, UnsafeRawBufferPointer(rebasing: rest[..<n]))
                 offset += Int64(n)
                 rest = UnsafeRawBufferPointer(rebasing: rest[n...])
                 if offset == end {
@@ -78,7 +79,7 @@ final class PartDigests: @unchecked Sendable {
         func close() {
             guard !closed else { return }
             closed = true
-            owner.pairing.leave()
+            PartDigests.pairing.leave()
         }
 
         deinit { close() }
