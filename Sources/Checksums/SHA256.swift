@@ -170,11 +170,11 @@ public enum FileHasher {
 }
 
 extension FileHasher {
-    /// The digest (SHA-256 unless said) of `count` bytes of an open file at `offset`, read in pieces
-    /// into `buffer`.
-    public static func digest(_ algorithm: Digester.Algorithm = .sha256, of fd: Int32, path: String, at offset: Int64, count: Int,
+    /// The SHA-256 of `count` bytes of an open file at `offset`, read in pieces into `buffer`
+    /// (`digests` hashes many ranges, in pairs).
+    public static func sha256(of fd: Int32, path: String, at offset: Int64, count: Int,
                               buffer: UnsafeMutableRawBufferPointer) throws(POSIXFileError) -> [UInt8] {
-        var d = Digester(algorithm)
+        var d = Digester(.sha256)
         var done = 0
         while done < count {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, count - done)])

@@ -664,7 +664,7 @@ extension S3Client {
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(count, 1 << 20)), alignment: 4096)
         defer { buffer.deallocate() }
-        return try FileHasher.digest(of: fd, path: path, at: at, count: count, buffer: buffer)
+        return try FileHasher.sha256(of: fd, path: path, at: at, count: count, buffer: buffer)
     }
 
     private func changed(_ path: String, _ bucket: String, _ key: String, _ expected: String, _ got: String) -> S3Error {
