@@ -412,6 +412,13 @@ extension S3Client {
         let width = count == 1 ? 1 : config.concurrency
         // Without the ordered hash, each thread writes through a block of its own.
         let ownBlocks = hasher == nil ? (0..<width).map { _ in Block(capacity: blockSize) } : []
+        // Buffered writes to one file take the inode's lock one at a time on Linux file systems (tmpfs,
+        // ext4, XFS, CephFS, NFS), and a writer that finds it taken spins in the kernel while the holder
+        // copies its 1 MiB: cores the server, the network and the hash need. A thread waiting here
+        // sleeps at once (a pthread mutex) and leaves its core to them. 1 GiB download on 2 cores, three
+        // runs of 10–12 rounds alternating with and without: 0.95–0.99 client CPU-s against 1.01–1.08,
+        // median wall 0.87–0.91 s against 0.90–0.92 s; `perf` shows no more rwsem_spin_on_owner (4%).
+        let fileWrites = NSLock()
         ParallelThreads.run(count: count, width: width, shouldStop: { firstError.withLock { $0 != nil } }) { w, i in
             let start = Int64(i) * part
             let length = min(part, obj.size - start)
@@ -426,7 +433,11 @@ extension S3Client {
             var staged: Int { block?.count ?? 0 }
             func flush() -> Bool {
                 guard let b = block, b.count > 0 else { return true }
-                do throws(POSIXFileError) { try FileDescriptor.writeAll(rawFD, path: path, b.filled, at: start + written) } catch {
+                do throws(POSIXFileError) {
+                    fileWrites.lock()
+                    defer { fileWrites.unlock() }
+                    try FileDescriptor.writeAll(rawFD, path: path, b.filled, at: start + written)
+                } catch {
                     writeError = error
                     return false
                 }
