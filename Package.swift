@@ -56,7 +56,7 @@ let tests: [Target] = [
     .testTarget(name: "ParallelNexusTests", dependencies: ["ParallelNexus", "POSIXFiles", "Checksums", "TestSupport"]),
     .testTarget(name: "CatalogTests", dependencies: ["Catalog", "TestSupport"]),
     .testTarget(name: "SlurmAdapterTests", dependencies: ["SlurmAdapter", "TestSupport"]),
-    .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "TestSupport"]),
+    .testTarget(name: "EngineTests", dependencies: ["Engine", "Catalog", "WorkflowSpec", "S3Stage", "TestSupport"]),
     .testTarget(name: "CLITests", dependencies: ["TestSupport", "ParallelNexus", "POSIXFiles"]),
 ]
 

@@ -16,11 +16,12 @@ public enum S3Access {
         o.addressing = s.addressing.flatMap(S3Config.Addressing.init(rawValue:))
         o.insecure = s.insecure; o.caBundle = s.caBundle; o.concurrency = s.concurrency
         o.partSize = s.partSizeMiB.map { $0 << 20 }
+        o.etags = s.etags.flatMap(S3Config.ETags.init(rawValue:))
         return o
     }
 
     public static func client(_ s: S3Settings) throws(S3Error) -> S3Client {
-        let id = "\(s.endpoint ?? "")|\(s.region ?? "")|\(s.profile ?? "")|\(s.addressing ?? "")|\(s.insecure ?? false)|\(s.caBundle ?? "")|\(s.concurrency ?? 0)|\(s.partSizeMiB ?? 0)"
+        let id = "\(s.endpoint ?? "")|\(s.region ?? "")|\(s.profile ?? "")|\(s.addressing ?? "")|\(s.insecure ?? false)|\(s.caBundle ?? "")|\(s.concurrency ?? 0)|\(s.partSizeMiB ?? 0)|\(s.etags ?? "")"
         return try lock.withLock { _ throws(S3Error) -> S3Client in
             if let c = cache[id] { return c }
             let c = S3Client(config: try S3Config.resolve(overrides(s))) { op, attempt, e in

@@ -16,6 +16,16 @@ public struct S3Config: Sendable {
     public var port: Int?
     public var region: String
     public var addressing: Addressing
+    /// What the server's ETags are. AWS (but under a KMS or customer key, which its headers say),
+    /// Ceph RGW and SeaweedFS make them MD5 digests: of the content, or of the part MD5s for a
+    /// multipart upload (`hex-N`). Some servers make them something else without saying so (MinIO
+    /// with encryption, for one): `opaque` never takes them for digests, and an object with neither
+    /// x-amz-meta-sha256 nor a composite SHA-256 checksum is then checked by its size only.
+    public enum ETags: String, Sendable, CaseIterable {
+        case md5
+        case opaque
+    }
+
     public var credentials: Credentials
     /// Where the credentials came from, for error hints (never the credentials themselves).
     public var credentialSource: String
@@ -26,6 +36,7 @@ public struct S3Config: Sendable {
     public var partSize: Int? = nil
     /// Attempts per request, the first included.
     public var attempts = 8
+    public var etags = ETags.md5
 
     /// `host[:port]` as sent in the Host header.
     public var authority: String { port.map { "\(host):\($0)" } ?? host }
@@ -42,6 +53,7 @@ public struct S3Config: Sendable {
         public var caBundle: String? = nil
         public var concurrency: Int? = nil
         public var partSize: Int? = nil
+        public var etags: ETags? = nil
         public init() {}
     }
 
@@ -115,6 +127,7 @@ public struct S3Config: Sendable {
         c.http.insecure = o.insecure ?? false
         if let n = o.concurrency { c.concurrency = max(1, n) }
         c.partSize = o.partSize
+        if let e = o.etags { c.etags = e }
         return c
     }
 }

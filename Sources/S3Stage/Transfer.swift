@@ -319,7 +319,7 @@ extension S3Client {
     func partLayout(of obj: S3Object, bucket: String, nothingElse: Bool) throws(S3Error) -> PartLayout? {
         let algorithm: Digester.Algorithm, composite: [UInt8], count: Int
         if let c = obj.compositeSHA256 { (algorithm, composite, count) = (.sha256, c.digest, c.parts) }
-        else if nothingElse, let m = obj.multipartETagMD5 { (algorithm, composite, count) = (.md5, m.digest, m.parts) }
+        else if nothingElse, config.etags == .md5, let m = obj.multipartETagMD5 { (algorithm, composite, count) = (.md5, m.digest, m.parts) }
         else { return nil }
         guard count > 1, obj.size >= Int64(count) else { return nil }
         var r = Request(operation: "HeadObject", method: "HEAD", bucket: bucket, key: obj.key, query: [("partNumber", "1")])
@@ -388,7 +388,7 @@ extension S3Client {
         let path = tmp
         let partDigests = layout.flatMap { $0.uniform ? PartDigests($0, size: obj.size) : nil }
         let hasher = !wholeSHA256 ? nil : OrderedHasher(size: obj.size, partSize: part, window: OrderedHasher.window(partSize: part),
-                                                        md5: obj.recordedSHA256 == nil && obj.etagMD5 != nil)
+                                                        md5: obj.recordedSHA256 == nil && etagMD5(of: obj) != nil)
         let blockSize = hasher?.blockSize ?? OrderedHasher.blockSize(partSize: part, size: obj.size)
         // The object as the first range's reply shows it (a listed object's metadata and encryption
         // come with it), parsed once.
@@ -398,7 +398,7 @@ extension S3Client {
         // SHA-256, unless the caller wants it).
         let learn: (@Sendable ([String: String]) -> Void)? = {
             guard count == 1, obj.recordedSHA256 == nil, let hasher else { return nil }
-            let md5Possible = obj.etagMD5 != nil
+            let md5Possible = etagMD5(of: obj) != nil
             return { headers in
                 let o = replied.set(S3Client.object(key: key, headers: headers))
                 let recorded = o.recordedSHA256 != nil
@@ -521,7 +521,7 @@ extension S3Client {
             guard checked else {
                 throw mismatch(bucket, key, layout.algorithm == .sha256
                                ? "the SHA-256 digests of its \(layout.count) parts do not give the object's composite checksum"
-                               : "the MD5 digests of its \(layout.count) parts do not give the object's ETag \(obj.etag)")
+                               : "the MD5 digests of its \(layout.count) parts do not give the object's ETag \(obj.etag)", byETag: layout.algorithm == .md5)
             }
             verifiedBy = layout.name
         }
@@ -529,8 +529,8 @@ extension S3Client {
         if let sha, let expectSHA = obj.recordedSHA256 ?? reply?.recordedSHA256 {
             guard sha == expectSHA else { throw mismatch(bucket, key, "sha256 \(sha), the object records \(expectSHA)") }
             verifiedBy = "sha256"
-        } else if let expectMD5 = obj.etagMD5, reply?.etagIsMD5 ?? true, let md5 {
-            guard md5 == expectMD5 else { throw mismatch(bucket, key, "md5 \(md5), the ETag is \(expectMD5)") }
+        } else if let expectMD5 = etagMD5(of: obj), reply?.etagIsMD5 ?? true, let md5 {
+            guard md5 == expectMD5 else { throw mismatch(bucket, key, "md5 \(md5), the ETag is \(expectMD5)", byETag: true) }
             verifiedBy = "md5 (etag)"
         }
         do {
@@ -555,11 +555,17 @@ extension S3Client {
         do { return try FileDescriptor(path: path, mode: .read) } catch { throw wrap(error) }
     }
 
-    private func mismatch(_ bucket: String, _ key: String, _ what: String) -> S3Error {
+    /// `byETag`: the check took the ETag for an MD5 digest, which not every server's is.
+    private func mismatch(_ bucket: String, _ key: String, _ what: String, byETag: Bool = false) -> S3Error {
         S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: "ChecksumMismatch",
                 message: "what arrived does not verify: \(what)",
-                hint: "the object or the transfer is damaged; nothing was written — run the same command again, and if it persists check the object")
+                hint: "the object or the transfer is damaged; nothing was written — run the same command again, and if it persists check the object"
+                    + (byETag ? "; if this server's ETags are not MD5 digests (MinIO with encryption, for one) and none of its objects check out, "
+                                + "set `etags: opaque` under `s3:` in the spec or pass --etags opaque (such objects are then checked by size only)" : ""))
     }
+
+    /// The ETag as the content's MD5, where it is one and the server's ETags are taken for digests.
+    func etagMD5(of obj: S3Object) -> String? { config.etags == .md5 ? obj.etagMD5 : nil }
 
     // MARK: - Upload
 

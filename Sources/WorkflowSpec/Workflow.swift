@@ -60,7 +60,7 @@ public struct ExecutorSpec: Sendable {
 /// The `s3:` section: endpoint and transfer settings. Anything left out comes from the AWS
 /// environment variables and the user's ~/.aws files.
 public struct S3Settings: Sendable, Equatable {
-    public static let keys = ["endpoint", "region", "profile", "addressing", "insecure", "ca_bundle", "concurrency", "part_size_mib"]
+    public static let keys = ["endpoint", "region", "profile", "addressing", "insecure", "ca_bundle", "concurrency", "part_size_mib", "etags"]
     public var endpoint: String? = nil
     public var region: String? = nil
     public var profile: String? = nil
@@ -70,6 +70,8 @@ public struct S3Settings: Sendable, Equatable {
     public var caBundle: String? = nil
     public var concurrency: Int? = nil
     public var partSizeMiB: Int? = nil
+    /// md5 or opaque: whether the server's ETags are MD5 digests (S3Config.ETags).
+    public var etags: String? = nil
     public init() {}
 }
 

@@ -312,6 +312,11 @@ struct SpecParsing {
             case "ca_bundle": o.caBundle = string(v, "s3.ca_bundle").map(path)
             case "concurrency": o.concurrency = int(v, "s3.concurrency", min: 1)
             case "part_size_mib": o.partSizeMiB = int(v, "s3.part_size_mib", min: 5)
+            case "etags":
+                o.etags = string(v, "s3.etags")
+                if let e = o.etags, e != "md5" && e != "opaque" {
+                    fail(v, "s3.etags must be md5 or opaque, not '\(e)'", hint: "opaque for a server whose ETags are not MD5 digests (MinIO with encryption, for one)")
+                }
             default: break
             }
         }

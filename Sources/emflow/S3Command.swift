@@ -21,6 +21,8 @@ struct S3Options: ParsableArguments {
     var concurrency: Int?
     @Option(name: .customLong("part-size"), help: "Part size in MiB for multipart uploads and ranged downloads (default: 16, more for huge objects).")
     var partSizeMiB: Int?
+    @Option(help: "What the server's ETags are: md5 (AWS, Ceph RGW, SeaweedFS; the default) or opaque (not MD5 digests, e.g. MinIO with encryption: objects without x-amz-meta-sha256 or a composite SHA-256 checksum are then checked by size only).")
+    var etags: String?
 
     func client(verbose: Bool = true) throws -> S3Client {
         var o = S3Config.Overrides()
@@ -32,6 +34,10 @@ struct S3Options: ParsableArguments {
         if insecure { o.insecure = true }
         o.concurrency = concurrency
         o.partSize = partSizeMiB.map { max(5, $0) << 20 }
+        if let e = etags {
+            guard let v = S3Config.ETags(rawValue: e) else { throw ValidationError("--etags must be md5 or opaque") }
+            o.etags = v
+        }
         let config = try S3Config.resolve(o)
         return S3Client(config: config) { op, attempt, e in
             if verbose { printError("retrying \(op) (attempt \(attempt + 1)): \(e)") }
@@ -210,7 +216,8 @@ struct S3Command: ParsableCommand {
                         printError("\(pairs.count - failed.count + refused.count) object(s), \(formatBytes(b)) in \(ProgressReporter.duration(secs)) (\(formatBytes(Int64(Double(b) / max(secs, 1e-3))))/s)" + (failed.isEmpty ? "" : ", \(failed.count) failed")
                                    + (checks.isEmpty ? "" : "; checked by " + checks.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")))
                         if let n = checks["size"] {
-                            printError("note: \(n) object(s) were checked by their size only: the server holds no SHA-256 (x-amz-meta-sha256 or checksum) or MD5 ETag of them")
+                            printError("note: \(n) object(s) were checked by their size only: the server holds no SHA-256 (x-amz-meta-sha256 or checksum)"
+                                       + (client.config.etags == .opaque ? " of them, and its ETags are taken for no digest (--etags opaque)" : " or MD5 ETag of them"))
                         }
                     }
                 }

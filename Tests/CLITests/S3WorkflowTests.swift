@@ -62,6 +62,31 @@ final class S3WorkflowTests: XCTestCase {
         XCTAssertEqual(try emflow(["s3", "cp", "--no-such-option", file, "s3://\(bucket)/x.bin"]).status, 2, "usage errors exit 2, as documented")
     }
 
+    /// `s3 cp --etags opaque` for a server whose ETags are no MD5 digests (scripts/etag-proxy makes
+    /// the test server one): without it, an object another client uploaded fails its ETag check and
+    /// the error names the option; with it, the object is checked by size, and the summary says why.
+    func testCopyFromAServerWithOpaqueETagsNeedsSayingSo() throws {
+        let bucket = "emflow-opq-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        XCTAssertEqual(try emflow(["s3", "mb", "s3://\(bucket)"]).status, 0)
+        let file = t.write("other.bin", (0..<5000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        let aws = try ProcessRunner.run(Tools.packageRoot + "/.venv/bin/aws", ["--endpoint-url", server.endpoint, "s3", "cp", "--no-progress",
+                                        file, "s3://\(bucket)/other.bin"], environment: server.childEnvironment())
+        XCTAssertEqual(aws.status, 0, aws.combined)
+        let proxy = try OpaqueETagProxy(server)
+        defer { proxy.stop() }
+        let env = ["AWS_ENDPOINT_URL": proxy.endpoint]
+        let refused = try emflow(["s3", "cp", "s3://\(bucket)/other.bin", t.file("md5/other.bin")], env: env)
+        XCTAssertEqual(refused.status, 1, refused.combined)
+        XCTAssertTrue(refused.stderr.contains("ChecksumMismatch") || refused.stderr.contains("does not verify"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("--etags opaque"), refused.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: t.file("md5/other.bin")))
+        let ok = try emflow(["s3", "cp", "--etags", "opaque", "s3://\(bucket)/other.bin", t.file("opaque/other.bin")], env: env)
+        XCTAssertEqual(ok.status, 0, ok.combined)
+        XCTAssertTrue(ok.stderr.contains("checked by size") && ok.stderr.contains("taken for no digest (--etags opaque)"), ok.stderr)
+        XCTAssertEqual(FileManager.default.contents(atPath: t.file("opaque/other.bin")), FileManager.default.contents(atPath: file))
+        XCTAssertEqual(try emflow(["s3", "cp", "--etags", "sha1", "s3://\(bucket)/other.bin", t.file("x.bin")], env: env).status, 2)
+    }
+
     func testS3WorkflowStagesConvertsPublishesAndNeverLeaksTheSecret() throws {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let raw = "lame-raw-test-\(tag)", mirror = "lame-ofed-test-\(tag)"

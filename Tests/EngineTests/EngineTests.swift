@@ -3,12 +3,25 @@ import XCTest
 import WorkflowSpec
 import Catalog
 import POSIXFiles
+import S3Stage
 import TestSupport
 
 final class EngineTests: XCTestCase {
     var t: TempDir!
     override func setUp() { t = TempDir("emflow-engine") }
     override func tearDown() { t.cleanup() }
+
+    /// A spec's `s3:` section reaches the client's configuration (credentials never come from it).
+    func testS3SettingsOfASpecReachTheClientConfiguration() {
+        var s = S3Settings()
+        s.etags = "opaque"; s.partSizeMiB = 8; s.concurrency = 3; s.addressing = "virtual"
+        let o = S3Access.overrides(s)
+        XCTAssertEqual(o.etags, .opaque)
+        XCTAssertEqual(o.partSize, 8 << 20)
+        XCTAssertEqual(o.concurrency, 3)
+        XCTAssertEqual(o.addressing, .virtual)
+        XCTAssertNil(S3Access.overrides(S3Settings()).etags, "the server's ETags are taken for MD5s unless the spec says otherwise")
+    }
 
     func spec(stages: String, mode: String = "link", extra: String = "") -> String {
         t.write("spec.yaml", """

@@ -204,6 +204,55 @@ final class S3ClientTests: XCTestCase {
         XCTAssertEqual(S3Client.object(key: "k", headers: ["etag": "\"\(md5)\"", "x-amz-server-side-encryption": "AES256"]).etagMD5, md5)
     }
 
+    /// A server whose ETags are no MD5 digests and that says nothing of it (MinIO with encryption, for
+    /// one; here the test server behind scripts/etag-proxy, which makes every ETag opaque): objects
+    /// that other clients uploaded fail their ETag check, with a hint that names the setting; with
+    /// `etags: opaque` they are checked by size, while emflow's own objects are still checked by their
+    /// SHA-256.
+    func testAServerWhoseETagsAreNoMD5DigestsNeedsSayingSoAndChecksTheRest() throws {
+        let bucket = S3TestServer.bucketName("opq")
+        try client(partSize: 5 << 20).createBucket(bucket)
+        let small = random(1000), large = random(12 << 20)
+        XCTAssertEqual(try aws(["s3", "cp", "--no-progress", tmp.write("small.bin", small), "s3://\(bucket)/small.bin"]).status, 0)
+        XCTAssertEqual(try aws(["s3", "cp", "--no-progress", tmp.write("large.bin", large), "s3://\(bucket)/large.bin"]).status, 0)
+        try client(partSize: 5 << 20).upload(file: tmp.file("large.bin"), bucket: bucket, key: "ours.bin")
+
+        let proxy = try OpaqueETagProxy(server)
+        defer { proxy.stop() }
+        func behind(_ etags: S3Config.ETags) throws -> S3Client {
+            var c = try S3Config(endpoint: proxy.endpoint, credentials: Credentials(accessKeyID: server.accessKey, secretAccessKey: server.secretKey))
+            c.partSize = 5 << 20; c.concurrency = 4; c.etags = etags
+            return S3Client(config: c)
+        }
+        let listed = try behind(.md5).list(bucket: bucket).objects
+        let upstream = try client().list(bucket: bucket).objects
+        XCTAssertEqual(listed.count, 3)
+        for (a, b) in zip(listed, upstream) { XCTAssertNotEqual(a.etag, b.etag, "the proxy passes no true ETag") }
+        XCTAssertNotNil(listed.first { $0.key == "large.bin" }?.multipartETagMD5, "shaped as a multipart ETag")
+
+        for key in ["small.bin", "large.bin"] {
+            let e = failure { try behind(.md5).download(bucket: bucket, key: key, to: tmp.file("md5/\(key)"), sha256: false) }
+            XCTAssertEqual(e.code, "ChecksumMismatch", key)
+            XCTAssertTrue(e.description.contains("ETag") && e.description.contains("etags: opaque") && e.description.contains("--etags opaque"), e.description)
+        }
+        XCTAssertEqual(((try? listDirectory(tmp.file("md5"))) ?? []).count, 0, "nothing written")
+
+        let opaque = try behind(.opaque)
+        for (key, bytes, by) in [("small.bin", small, "size"), ("large.bin", large, "size"), ("ours.bin", large, "sha256 of 3 parts")] {
+            for wanted in [false, true] {
+                let dest = tmp.file("opaque/\(wanted)/\(key)")
+                let r = try opaque.download(bucket: bucket, key: key, to: dest, sha256: wanted)
+                XCTAssertEqual(r.verifiedBy, wanted && key == "ours.bin" ? "sha256" : by, "\(key), sha256 wanted: \(wanted)")
+                if wanted || r.sha256 != nil { XCTAssertEqual(r.sha256, SHA256Hasher.hash(bytes), key) }
+                XCTAssertEqual(try readFile(dest), bytes, key)
+            }
+        }
+        // Listed (the single GET learns from its reply what checks it): the same.
+        for o in try opaque.list(bucket: bucket).objects where o.key == "small.bin" {
+            XCTAssertEqual(try opaque.download(bucket: bucket, key: o.key, to: tmp.file("listed.bin"), known: o, sha256: false).verifiedBy, "size")
+        }
+    }
+
     /// A large object goes both ways in bounded memory: parts stream between the file and the network,
     /// and the in-order hash holds at most its window of blocks (32 MiB), whatever the object's size.
     /// Holding whole 16 MiB parts, 8 requests at a time, took 128 MiB and more.

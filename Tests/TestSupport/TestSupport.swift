@@ -247,6 +247,41 @@ public final class S3TestServer: @unchecked Sendable {
     }
 }
 
+/// scripts/etag-proxy in front of a test server: the same server, seen as one whose ETags are no MD5
+/// digests and that says nothing of it (as MinIO with encryption). Stopped by its PID.
+public final class OpaqueETagProxy {
+    public let endpoint: String
+    private let process = Process()
+
+    public init(_ server: S3TestServer) throws {
+        process.executableURL = URL(fileURLWithPath: Tools.packageRoot + "/scripts/etag-proxy")
+        process.arguments = [server.endpoint]
+        process.environment = server.childEnvironment()
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let d = out.fileHandleForReading.availableData
+            if d.isEmpty { break }
+            line.append(d)
+        }
+        guard let port = Int(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            process.terminate()
+            throw S3TestServer.Missing(reason: "scripts/etag-proxy printed no port")
+        }
+        endpoint = "http://127.0.0.1:\(port)"
+    }
+
+    public func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
+
 /// A real single-machine Slurm cluster (scripts/slurm-cluster) in a temporary directory, stopped by
 /// its PIDs when the test process exits. `shared` is the default one (16 claimed CPUs, MaxArraySize
 /// 50 so that array splitting is exercised); tests that need other settings start their own.

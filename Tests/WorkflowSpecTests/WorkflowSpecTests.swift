@@ -68,6 +68,18 @@ final class WorkflowSpecTests: XCTestCase {
         XCTAssertTrue(issues(valid.replacingOccurrences(of: "mem: 2G", with: "mem: lots"))[0].message.contains("memory"))
     }
 
+    func testS3SectionIsTypedAndItsValuesChecked() throws {
+        let wf = try parse(valid + "\ns3: {endpoint: https://rgw.example.org, part_size_mib: 8, etags: opaque}")
+        XCTAssertEqual(wf.s3.endpoint, "https://rgw.example.org")
+        XCTAssertEqual(wf.s3.partSizeMiB, 8)
+        XCTAssertEqual(wf.s3.etags, "opaque")
+        XCTAssertNil(try parse(valid).s3.etags, "md5 unless the spec says otherwise")
+        let bad = issues(valid + "\ns3: {etags: sha1}")
+        XCTAssertEqual(bad.count, 1)
+        XCTAssertTrue(bad[0].message.contains("s3.etags must be md5 or opaque"), bad[0].message)
+        XCTAssertTrue(issues(valid + "\ns3: {part_size_mib: 4}")[0].message.contains("part_size_mib"))
+    }
+
     func testNeedsMustNameEarlierStagesSoCyclesAreImpossible() {
         let unknown = issues(valid.replacingOccurrences(of: "needs: [ingest]", with: "needs: [ingets]"))
         XCTAssertTrue(unknown[0].message.contains("not a stage"), unknown[0].message)
