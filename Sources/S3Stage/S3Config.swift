@@ -18,9 +18,10 @@ public struct S3Config: Sendable {
     public var addressing: Addressing
     /// What the server's ETags are. AWS (but under a KMS or customer key, which its headers say),
     /// Ceph RGW and SeaweedFS make them MD5 digests: of the content, or of the part MD5s for a
-    /// multipart upload (`hex-N`). Some servers make them something else without saying so (MinIO
-    /// with encryption, for one): `opaque` never takes them for digests, and an object with neither
-    /// x-amz-meta-sha256 nor a composite SHA-256 checksum is then checked by its size only.
+    /// multipart upload (`hex-N`). An S3-compatible server or gateway that encrypts or re-chunks
+    /// objects may make them something else without a header that says so: `opaque` never takes them
+    /// for digests, and an object with neither x-amz-meta-sha256 nor a composite SHA-256 checksum is
+    /// then checked by its size only.
     public enum ETags: String, Sendable, CaseIterable {
         case md5
         case opaque

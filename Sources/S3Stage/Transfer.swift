@@ -560,7 +560,7 @@ extension S3Client {
         S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: "ChecksumMismatch",
                 message: "what arrived does not verify: \(what)",
                 hint: "the object or the transfer is damaged; nothing was written — run the same command again, and if it persists check the object"
-                    + (byETag ? "; if this server's ETags are not MD5 digests (MinIO with encryption, for one) and none of its objects check out, "
+                    + (byETag ? "; if this server's ETags are not MD5 digests (a server or gateway that encrypts or re-chunks objects may make others) and none of its objects check out, "
                                 + "set `etags: opaque` under `s3:` in the spec or pass --etags opaque (such objects are then checked by size only)" : ""))
     }
 

@@ -315,7 +315,7 @@ struct SpecParsing {
             case "etags":
                 o.etags = string(v, "s3.etags")
                 if let e = o.etags, e != "md5" && e != "opaque" {
-                    fail(v, "s3.etags must be md5 or opaque, not '\(e)'", hint: "opaque for a server whose ETags are not MD5 digests (MinIO with encryption, for one)")
+                    fail(v, "s3.etags must be md5 or opaque, not '\(e)'", hint: "opaque for a server whose ETags are not MD5 digests of the content (md5 is the default)")
                 }
             default: break
             }

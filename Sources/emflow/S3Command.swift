@@ -21,7 +21,7 @@ struct S3Options: ParsableArguments {
     var concurrency: Int?
     @Option(name: .customLong("part-size"), help: "Part size in MiB for multipart uploads and ranged downloads (default: 16, more for huge objects).")
     var partSizeMiB: Int?
-    @Option(help: "What the server's ETags are: md5 (AWS, Ceph RGW, SeaweedFS; the default) or opaque (not MD5 digests, e.g. MinIO with encryption: objects without x-amz-meta-sha256 or a composite SHA-256 checksum are then checked by size only).")
+    @Option(help: "What the server's ETags are: md5 (AWS, Ceph RGW, SeaweedFS; the default) or opaque (not MD5 digests, as a server or gateway that encrypts or re-chunks objects may make them: objects without x-amz-meta-sha256 or a composite SHA-256 checksum are then checked by size only).")
     var etags: String?
 
     func client(verbose: Bool = true) throws -> S3Client {

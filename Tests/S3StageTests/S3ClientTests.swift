@@ -204,8 +204,8 @@ final class S3ClientTests: XCTestCase {
         XCTAssertEqual(S3Client.object(key: "k", headers: ["etag": "\"\(md5)\"", "x-amz-server-side-encryption": "AES256"]).etagMD5, md5)
     }
 
-    /// A server whose ETags are no MD5 digests and that says nothing of it (MinIO with encryption, for
-    /// one; here the test server behind scripts/etag-proxy, which makes every ETag opaque): objects
+    /// A server whose ETags are no MD5 digests and that says nothing of it (here the test server
+    /// behind scripts/etag-proxy, which makes every ETag opaque): objects
     /// that other clients uploaded fail their ETag check, with a hint that names the setting; with
     /// `etags: opaque` they are checked by size, while emflow's own objects are still checked by their
     /// SHA-256.

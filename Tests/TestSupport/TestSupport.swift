@@ -248,7 +248,7 @@ public final class S3TestServer: @unchecked Sendable {
 }
 
 /// scripts/etag-proxy in front of a test server: the same server, seen as one whose ETags are no MD5
-/// digests and that says nothing of it (as MinIO with encryption). Stopped by its PID.
+/// digests and that says nothing of it. Stopped by its PID.
 public final class OpaqueETagProxy {
     public let endpoint: String
     private let process = Process()
