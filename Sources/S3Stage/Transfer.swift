@@ -319,7 +319,7 @@ extension S3Client {
     func partLayout(of obj: S3Object, bucket: String, nothingElse: Bool) throws(S3Error) -> PartLayout? {
         let algorithm: Digester.Algorithm, composite: [UInt8], count: Int
         if let c = obj.compositeSHA256 { (algorithm, composite, count) = (.sha256, c.digest, c.parts) }
-        else if nothingElse, config.etags == .md5, let m = obj.multipartETagMD5 { (algorithm, composite, count) = (.md5, m.digest, m.parts) }
+        else if nothingElse, let m = multipartETagMD5(of: obj) { (algorithm, composite, count) = (.md5, m.digest, m.parts) }
         else { return nil }
         guard count > 1, obj.size >= Int64(count) else { return nil }
         var r = Request(operation: "HeadObject", method: "HEAD", bucket: bucket, key: obj.key, query: [("partNumber", "1")])
@@ -564,8 +564,11 @@ extension S3Client {
                                 + "set `etags: opaque` under `s3:` in the spec or pass --etags opaque (such objects are then checked by size only)" : ""))
     }
 
-    /// The ETag as the content's MD5, where it is one and the server's ETags are taken for digests.
+    /// The ETag as the content's MD5, or as a multipart upload's MD5 of part MD5s: where it is one
+    /// (`S3Object`: not under a KMS or customer key) and this server's ETags are digests at all
+    /// (`config.etags`). Every check by an ETag goes through these two.
     func etagMD5(of obj: S3Object) -> String? { config.etags == .md5 ? obj.etagMD5 : nil }
+    func multipartETagMD5(of obj: S3Object) -> (digest: [UInt8], parts: Int)? { config.etags == .md5 ? obj.multipartETagMD5 : nil }
 
     // MARK: - Upload
 
