@@ -171,15 +171,16 @@ public enum FileHasher {
 
 extension FileHasher {
     /// The SHA-256 of `count` bytes of an open file at `offset`, read in pieces into `buffer`
-    /// (`digests` hashes many ranges, in pairs).
-    public static func sha256(of fd: Int32, path: String, at offset: Int64, count: Int,
-                              buffer: UnsafeMutableRawBufferPointer) throws(POSIXFileError) -> [UInt8] {
+    /// (`digests` hashes many ranges, in pairs); each piece goes on to `alongside` as well.
+    public static func sha256(of fd: Int32, path: String, at offset: Int64, count: Int, buffer: UnsafeMutableRawBufferPointer,
+                              alongside: ((UnsafeRawBufferPointer) -> Void)? = nil) throws(POSIXFileError) -> [UInt8] {
         var d = Digester(.sha256)
         var done = 0
         while done < count {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, count - done)])
             try FileDescriptor.readFull(fd, path: path, into: piece, at: offset + Int64(done))
             d.update(UnsafeRawBufferPointer(piece))
+            alongside?(UnsafeRawBufferPointer(piece))
             done += piece.count
         }
         return d.finalizeBytes()
@@ -191,9 +192,10 @@ extension FileHasher {
     /// (re-reading pages the first pass has just cached), so this takes as long as the whole digest
     /// alone wherever there is a second core, and the upload that follows hashes nothing.
     /// `size` is the size the caller saw (read from the file when nil): the parts are cut from it, and
-    /// a file that reads as another size fails. `onProgress` gets the bytes of the whole pass.
-    public static func sha256WithParts(path: String, size expected: Int64? = nil, partSize: Int,
-                                       onProgress: ((Int) -> Void)? = nil) throws(POSIXFileError) -> (whole: FileDigest, parts: [[UInt8]]) {
+    /// a file that reads as another size fails. `onProgress` gets the bytes of the whole pass. The
+    /// whole pass takes the file's CRC-32C as well (a few percent of its time).
+    public static func sha256WithParts(path: String, size expected: Int64? = nil, partSize: Int, onProgress: ((Int) -> Void)? = nil)
+        throws(POSIXFileError) -> (whole: FileDigest, parts: [[UInt8]], crc32c: CRC32C) {
         let fd = try FileDescriptor(path: path, mode: .read)
         let size = if let expected { expected } else { try fd.status().size }
         let count = Int((size + Int64(partSize) - 1) / Int64(partSize))
@@ -203,14 +205,15 @@ extension FileHasher {
         let width = max(1, min(2, ProcessInfo.processInfo.activeProcessorCount - 1))
         let parts = digests(.sha256, of: fd.rawValue, path: path, ranges: ranges, width: width)
         let whole: FileDigest
-        do { whole = try hashChunks(of: fd) { chunk in onProgress?(chunk.count) } } catch {
+        var crc = CRC32C()
+        do { whole = try hashChunks(of: fd) { chunk in crc.update(chunk); onProgress?(chunk.count) } } catch {
             parts.cancel(error)
             throw error
         }
         let partDigests = try parts.wait()
         // A file that grew or shrank since: the parts do not describe what the whole digest read.
         guard whole.size == size else { throw POSIXFileError("read (the file changed size while it was hashed)", path: path, errno: EIO) }
-        return (whole, partDigests)
+        return (whole, partDigests, crc)
     }
 }
 

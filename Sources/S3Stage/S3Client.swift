@@ -13,6 +13,9 @@ public struct S3Object: Sendable, Codable, Hashable {
     public var metadata: [String: String] = [:]
     /// The server-stored SHA-256 (base64) when it keeps one and was asked (HEAD only).
     public var checksumSHA256: String? = nil
+    /// The server-stored CRC-32C (base64; `…-N` for a multipart upload's composite) when it keeps
+    /// one and was asked (HEAD and GET only).
+    public var checksumCRC32C: String? = nil
     /// Server-side encryption as a HEAD or GET reports it (`AES256`, `aws:kms`, `aws:kms:dsse`, or
     /// `SSE-C` for a customer key); nil when none was reported or the object comes from a listing.
     public var encryption: String? = nil
@@ -22,6 +25,14 @@ public struct S3Object: Sendable, Codable, Hashable {
     public var recordedSHA256: String? {
         if let m = metadata["sha256"], m.count == 64, m.allSatisfy(\.isHexDigit) { return m.lowercased() }
         if let c = checksumSHA256, !c.contains("-"), let d = Self.sha256Bytes(base64: c) { return hex(d) }
+        return nil
+    }
+
+    /// The CRC-32C of the whole content its writer recorded: `x-amz-meta-crc32c` (as emflow's uploads
+    /// record it, in S3's base64 form), else a whole-object server checksum. nil when neither is there.
+    public var recordedCRC32C: CRC32C? {
+        if let m = metadata["crc32c"], let c = CRC32C(base64: m) { return c }
+        if let c = checksumCRC32C, !c.contains("-") { return CRC32C(base64: c) }
         return nil
     }
 
@@ -268,6 +279,7 @@ public final class S3Client: Sendable {
         for (k, v) in h where k.hasPrefix("x-amz-meta-") { meta[String(k.dropFirst("x-amz-meta-".count))] = v }
         var o = S3Object(key: key, size: Int64(h["content-length"] ?? "") ?? 0, etag: unquote(h["etag"] ?? ""),
                          lastModified: parseHTTPDate(h["last-modified"] ?? ""), metadata: meta, checksumSHA256: h["x-amz-checksum-sha256"])
+        o.checksumCRC32C = h["x-amz-checksum-crc32c"]
         o.encryption = h["x-amz-server-side-encryption-customer-algorithm"] != nil ? "SSE-C" : h["x-amz-server-side-encryption"]
         return o
     }
@@ -280,22 +292,28 @@ public final class S3Client: Sendable {
     }
 
     /// Puts `body` as one object, with its SHA-256 as `x-amz-meta-sha256` and as a checksum the server
-    /// verifies (a damaged body is refused, then retried). Returns the ETag.
+    /// verifies (a damaged body is refused, then retried), and its CRC-32C as `x-amz-meta-crc32c` (what
+    /// downloads check it by). Returns the ETag.
     @discardableResult
     public func put(bucket: String, key: String, body: [UInt8], contentType: String? = nil, metadata: [String: String] = [:]) throws(S3Error) -> String {
         try body.withUnsafeBytes { b in
             Result { () throws(S3Error) in
-                try put(bucket: bucket, key: key, body: .bytes(b), source: nil, digest: Digester.digest(.sha256, b),
-                        contentType: contentType, metadata: metadata)
+                var crc = CRC32C()
+                crc.update(b)
+                return try put(bucket: bucket, key: key, body: .bytes(b), source: nil, digest: Digester.digest(.sha256, b), crc32c: crc,
+                               contentType: contentType, metadata: metadata)
             }
         }.get()
     }
 
-    /// As `put`, for a body whose SHA-256 is known (read from `source` as it goes out, for a file).
-    func put(bucket: String, key: String, body: RequestBody, source: String?, digest: [UInt8], contentType: String?,
+    /// As `put`, for a body whose SHA-256 and CRC-32C are known (read from `source` as it goes out, for
+    /// a file).
+    func put(bucket: String, key: String, body: RequestBody, source: String?, digest: [UInt8], crc32c: CRC32C, contentType: String?,
              metadata: [String: String]) throws(S3Error) -> String {
         var r = Request(operation: "PutObject", method: "PUT", bucket: bucket, key: key, payloadHash: hex(digest))
-        r.headers = Self.metadataHeaders(metadata.merging(["sha256": hex(digest)]) { a, _ in a })
+        var meta = metadata.merging(["sha256": hex(digest)]) { a, _ in a }
+        meta["crc32c"] = crc32c.base64
+        r.headers = Self.metadataHeaders(meta)
         r.headers.append(("x-amz-checksum-sha256", Data(digest).base64EncodedString()))
         if let contentType { r.headers.append(("content-type", contentType)) }
         let resp = try sendChecked(r, body: body, source: source, digest: digest, what: "the file")

@@ -93,6 +93,26 @@ final class PartDigests: @unchecked Sendable {
     }
 }
 
+/// The CRC-32C of each range of a download, set by the thread that fetched it, and joined in file
+/// order: the whole content's.
+final class RangeCRCs: Sendable {
+    private let crcs: Mutex<[CRC32C]>
+    private let size: Int64, rangeSize: Int64
+
+    init(size: Int64, rangeSize: Int64) {
+        self.size = size; self.rangeSize = max(1, rangeSize)
+        crcs = Mutex(Array(repeating: CRC32C(), count: max(1, Int((size + self.rangeSize - 1) / self.rangeSize))))
+    }
+
+    func set(_ range: Int, _ crc: CRC32C) { crcs.withLock { $0[range] = crc } }
+
+    var whole: CRC32C {
+        crcs.withLock { all in
+            all.enumerated().reduce(CRC32C()) { w, r in CRC32C.combine(w, r.element, length: max(0, min(rangeSize, size - Int64(r.offset) * rangeSize))) }
+        }
+    }
+}
+
 /// The object as a download's first reply shows it, set from whichever thread sees that reply.
 final class Reply: Sendable {
     private let stored = Mutex<S3Object?>(nil)
@@ -263,16 +283,18 @@ extension S3Client {
     /// GETs written with pwrite for large objects), checked against the size and the recorded SHA-256
     /// (or the ETag's MD5), fsynced, then renamed. The destination never holds a partial or wrong file;
     /// a changed object mid-download (ETag) fails cleanly and is retried from scratch.
-    /// With `sha256: false` (the caller needs no digest of the file) an object with a composite
-    /// SHA-256 checksum is verified part by part, each part hashed by the thread that fetches it, and
-    /// the result carries no SHA-256; otherwise the whole content is hashed in file order as well.
+    /// With `sha256: false` (the caller needs no digest of the file) the result carries no SHA-256 and
+    /// the cheapest whole check is taken: a recorded CRC-32C (emflow records one), each range's taken by
+    /// the thread that fetches it and joined in order; else a composite SHA-256 checksum, verified part
+    /// by part as the parts arrive. Otherwise the whole content is hashed in file order as well.
     @discardableResult
     public func download(bucket: String, key: String, to path: String, known: S3Object? = nil, permissions: UInt32 = 0o644,
                          sha256 wanted: Bool = true, progress: (@Sendable (Int) -> Void)? = nil) throws(S3Error) -> TransferResult {
         let obj: S3Object
         // A listing's size and ETag are enough for an object fetched in one GET: its metadata comes with
         // the GET reply. Larger ones are HEADed first, to know what to verify before the parts arrive.
-        if let known, known.size <= Int64(partSize(for: known.size)) || !known.metadata.isEmpty || known.checksumSHA256 != nil { obj = known }
+        if let known, known.size <= Int64(partSize(for: known.size)) || !known.metadata.isEmpty || known.checksumSHA256 != nil
+            || known.checksumCRC32C != nil { obj = known }
         else {
             guard let o = try head(bucket: bucket, key: key) else {
                 throw S3Error(operation: "GetObject", bucket: bucket, key: key, status: 404, code: "NoSuchKey", message: "",
@@ -280,10 +302,13 @@ extension S3Client {
             }
             obj = o
         }
-        // The parts' checksums are used where they add something: no whole SHA-256 is wanted, or
-        // there is no recorded one to check it against. The ETag's MD5 of part MD5s, which costs more
-        // to check than SHA-256, only where there is nothing else.
-        let layout = !wanted || obj.recordedSHA256 == nil ? try partLayout(of: obj, bucket: bucket, nothingElse: obj.recordedSHA256 == nil) : nil
+        // The parts' checksums are used where they add something: no whole SHA-256 is wanted (and no
+        // CRC-32C, a tenth of their cost, is recorded), or there is no recorded SHA-256 to check it
+        // against. The ETag's MD5 of part MD5s, which costs more to check than SHA-256, only where there
+        // is nothing else.
+        let byCRC = !wanted && obj.recordedCRC32C != nil
+        let layout = !byCRC && (!wanted || obj.recordedSHA256 == nil)
+            ? try partLayout(of: obj, bucket: bucket, nothingElse: obj.recordedSHA256 == nil) : nil
         func ioError(_ e: POSIXFileError) -> S3Error {
             S3Error(operation: "download", bucket: bucket, key: key, status: nil, code: nil, message: e.description,
                     hint: "check that the destination directory exists, is writable and has room")
@@ -379,14 +404,19 @@ extension S3Client {
                     hint: "check that the destination is writable and has \(obj.size) bytes free")
         }
         // Ranges hold whole upload parts when their checksums are checked.
+        // A recorded CRC-32C checks the content when no SHA-256 is wanted. A single GET of a listed
+        // object takes the CRC as well, in case its reply shows one.
+        let expectCRC = wanted ? nil : obj.recordedCRC32C
+        let mayLearnCRC = !wanted && expectCRC == nil && obj.recordedSHA256 == nil && obj.size <= Int64(partSize(for: obj.size))
         // The whole content is hashed in file order when its SHA-256 is wanted or nothing else checks it.
-        let wholeSHA256 = wanted || layout == nil
+        let wholeSHA256 = wanted || (layout == nil && expectCRC == nil)
         let ours = rangeSize(for: obj.size, ordered: wholeSHA256)
         let part = layout.flatMap { $0.uniform ? $0.partSize * max(1, ours / $0.partSize) : nil } ?? ours
         let count = max(1, Int((obj.size + part - 1) / part))
         let rawFD = fd.rawValue
         let path = tmp
         let partDigests = layout.flatMap { $0.uniform ? PartDigests($0, size: obj.size) : nil }
+        let rangeCRCs = expectCRC != nil || mayLearnCRC ? RangeCRCs(size: obj.size, rangeSize: part) : nil
         let hasher = !wholeSHA256 ? nil : OrderedHasher(size: obj.size, partSize: part, window: OrderedHasher.window(partSize: part),
                                                         md5: obj.recordedSHA256 == nil && etagMD5(of: obj) != nil)
         let blockSize = hasher?.blockSize ?? OrderedHasher.blockSize(partSize: part, size: obj.size)
@@ -394,6 +424,7 @@ extension S3Client {
         // come with it), parsed once.
         let replied = Reply()
         // A single GET of a listed object learns from its reply's headers which digest checks it: the
+        // recorded CRC-32C if there is one and no SHA-256 is wanted (then nothing else is hashed), the
         // recorded SHA-256 if there is one (then no MD5 is needed), else the ETag's MD5 (then no
         // SHA-256, unless the caller wants it).
         let learn: (@Sendable ([String: String]) -> Void)? = {
@@ -401,8 +432,9 @@ extension S3Client {
             let md5Possible = etagMD5(of: obj) != nil
             return { headers in
                 let o = replied.set(S3Client.object(key: key, headers: headers))
+                let crc = mayLearnCRC && o.recordedCRC32C != nil
                 let recorded = o.recordedSHA256 != nil
-                hasher.keep(sha256: wanted || recorded, md5: !recorded && md5Possible && o.etagIsMD5)
+                hasher.keep(sha256: wanted || (recorded && !crc), md5: !recorded && !crc && md5Possible && o.etagIsMD5)
             }
         }()
         let firstError = Mutex<S3Error?>(nil)
@@ -426,6 +458,7 @@ extension S3Client {
             block?.count = 0
             let cursor = partDigests.map { PartDigests.Cursor($0) }
             defer { cursor?.close() }
+            var crc = CRC32C()   // of this range, as written
             var written: Int64 = 0   // of this part, in the file
             var unreported = 0
             var writeError: POSIXFileError? = nil
@@ -442,6 +475,7 @@ extension S3Client {
                     return false
                 }
                 cursor?.feed(b.filled, at: start + written)
+                if rangeCRCs != nil { crc.update(b.filled) }
                 let n = b.count   // the block is the hasher's once added
                 if let hasher { block = nil; hasher.add(b, part: i, at: start + written) } else { b.count = 0 }
                 written += Int64(n)
@@ -499,6 +533,7 @@ extension S3Client {
                     }
                     if i == 0 && replied.object == nil { replied.set(Self.object(key: key, headers: reply.headers)) }
                 }
+                rangeCRCs?.set(i, crc)
                 if unreported > 0 { progress?(unreported) }
             } catch {
                 firstError.withLock { if $0 == nil { $0 = error } }
@@ -529,6 +564,10 @@ extension S3Client {
         if let sha, let expectSHA = obj.recordedSHA256 ?? reply?.recordedSHA256 {
             guard sha == expectSHA else { throw mismatch(bucket, key, "sha256 \(sha), the object records \(expectSHA)") }
             verifiedBy = "sha256"
+        } else if let rangeCRCs, let expect = expectCRC ?? (mayLearnCRC ? reply?.recordedCRC32C : nil) {
+            let whole = rangeCRCs.whole
+            guard whole == expect else { throw mismatch(bucket, key, "crc32c \(whole.base64), the object records \(expect.base64)") }
+            verifiedBy = "crc32c"
         } else if let expectMD5 = etagMD5(of: obj), reply?.etagIsMD5 ?? true, let md5 {
             guard md5 == expectMD5 else { throw mismatch(bucket, key, "md5 \(md5), the ETag is \(expectMD5)", byETag: true) }
             verifiedBy = "md5 (etag)"
@@ -598,33 +637,39 @@ extension S3Client {
             do { try body.withUnsafeMutableBytes { b in try fd.readFull(into: b, at: 0) } } catch { throw ioError(error) }
             let sha = SHA256Hasher.hash(body)
             if let known, known != sha { throw changed(path, bucket, key, known, sha) }
-            let etag = try put(bucket: bucket, key: key, body: body, contentType: contentType, metadata: metadata)
+            let etag = try put(bucket: bucket, key: key, body: body, contentType: contentType, metadata: metadata)   // with its CRC-32C
             progress?(body.count)
             return TransferResult(size: size, sha256: sha, etag: etag, verifiedBy: "sha256")
         }
         if size <= Int64(part) {
-            // One PUT read from the file as it goes out (its SHA-256 first, for the headers).
+            // One PUT read from the file as it goes out (its SHA-256 and CRC-32C first, for the headers).
             let digest: [UInt8]
-            do { digest = try Self.digest(of: rawFD, path: path, at: 0, count: Int(size)) } catch { throw ioError(error) }
+            var crc = CRC32C()
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+            defer { buffer.deallocate() }
+            do { digest = try FileHasher.sha256(of: rawFD, path: path, at: 0, count: Int(size), buffer: buffer) { crc.update($0) } } catch { throw ioError(error) }
             if let known, known != hex(digest) { throw changed(path, bucket, key, known, hex(digest)) }
             let etag = try put(bucket: bucket, key: key, body: .file(descriptor: rawFD, offset: 0, count: Int(size)), source: path,
-                               digest: digest, contentType: contentType, metadata: metadata)
+                               digest: digest, crc32c: crc, contentType: contentType, metadata: metadata)
             progress?(Int(size))
             return TransferResult(size: size, sha256: hex(digest), etag: etag, verifiedBy: "sha256")
         }
         // The whole-file SHA-256 goes into the metadata, which is set when the upload starts.
-        // Without a known digest the file is read once up front for it, and each part's digest is
-        // computed alongside on the other cores; with one, each part is hashed just before it goes out,
-        // and the whole file in order as the parts are read.
+        // Without a known digest the file is read once up front for it and its CRC-32C (metadata too),
+        // and each part's digest is computed alongside on the other cores; with one, each part is
+        // hashed just before it goes out, and the whole file in order as the parts are read: no CRC is
+        // recorded then (it would take a pass of its own), and downloads check the parts' SHA-256.
         let sha: String, digests: [[UInt8]]?
+        var meta = metadata
+        meta["crc32c"] = nil
         if let known { sha = known; digests = nil } else {
             do {
-                let (whole, parts) = try FileHasher.sha256WithParts(path: path, size: size, partSize: part, onProgress: hashing)
+                let (whole, parts, crc) = try FileHasher.sha256WithParts(path: path, size: size, partSize: part, onProgress: hashing)
                 sha = whole.sha256
                 digests = parts
+                meta["crc32c"] = crc.base64
             } catch { throw ioError(error) }
         }
-        var meta = metadata
         meta["sha256"] = sha
         let uploadID = try createMultipart(bucket: bucket, key: key, metadata: meta, contentType: contentType)
         let count = Int((size + Int64(part) - 1) / Int64(part))

@@ -105,8 +105,8 @@ struct S3Command: ParsableCommand {
 
     struct Copy: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "cp", abstract: "Copy between S3 and local files (either direction), verified by SHA-256.",
-            discussion: "Downloads land under a temporary name and are renamed only once size and SHA-256 (or MD5 ETag) check out; a multipart object is checked part by part, in parallel, against its composite SHA-256 checksum or else its ETag (MD5 of the part MD5s). The summary says how each object was checked. Uploads carry x-amz-meta-sha256 and abort on any failure, leaving no partial object.")
+            commandName: "cp", abstract: "Copy between S3 and local files (either direction), every byte verified.",
+            discussion: "Downloads land under a temporary name and are renamed only once size and content check out: by the CRC-32C the object's writer recorded (emflow records one), else by its SHA-256 (whole, or part by part in parallel against a composite SHA-256 checksum), else by its ETag (MD5, or MD5 of the part MD5s). --check-sha256 checks the recorded SHA-256 instead of a CRC. The summary says how each object was checked. Uploads carry x-amz-meta-sha256 and x-amz-meta-crc32c, each part is checked by the server against its SHA-256, and any failure aborts the upload, leaving no partial object.")
         @OptionGroup var s3: S3Options
         @Flag(name: .shortAndLong, help: "Copy every object under the prefix / every file under the directory.")
         var recursive = false
@@ -114,17 +114,22 @@ struct S3Command: ParsableCommand {
         var jobs = 32
         @Option(help: "The file's SHA-256 (64 hex digits) when it is known, e.g. from a SHA256SUMS: a single-file upload then checks the file against it as the parts go out instead of hashing it first, and stores it as x-amz-meta-sha256; on a mismatch nothing is uploaded.")
         var sha256: String?
+        @Flag(help: "Downloads: check each object against the SHA-256 its writer recorded (x-amz-meta-sha256) even where a CRC-32C is recorded too. The CRC catches what a network or a disk does to data at a tenth of the cost; the SHA-256 is the file's identity, hashed whole and in order (slower).")
+        var checkSha256 = false
         @Flag(name: .shortAndLong, help: "No progress line.") var quiet = false
         @Flag(help: "A JSON summary for scripts.") var json = false
         @Argument(help: "source: s3://bucket/key[/] or a local path") var source: String
         @Argument(help: "destination: a local path or s3://bucket/key[/]") var destination: String
 
-        /// `verified`: how many objects were checked against what ("sha256", "sha256 of parts",
+        /// `verified`: how many objects were checked against what ("crc32c", "sha256", "sha256 of parts",
         /// "md5 of parts (etag)", "md5 (etag)", "size"), so that a script can tell objects the server
         /// holds no checksum of, which only their size could check.
         struct Summary: Encodable { var objects: Int; var bytes: Int64; var seconds: Double; var verified: [String: Int]; var failed: [String] }
 
         func validate() throws {
+            if checkSha256 && S3URI(source) == nil {
+                throw ValidationError("--check-sha256 is for downloads (s3://… → a local path); uploads always record the SHA-256")
+            }
             guard let sha256 else { return }
             guard sha256.count == 64, sha256.allSatisfy(\.isHexDigit) else {
                 throw ValidationError("--sha256 takes the file's SHA-256 as 64 hex digits (as sha256sum prints it), not '\(sha256)'")
@@ -190,7 +195,7 @@ struct S3Command: ParsableCommand {
                     let p = work[i]
                     do {
                         let r = download
-                            ? try client.download(bucket: bucket, key: p.src, to: p.dst, known: p.known, sha256: false, progress: { progress.addBytes($0) })
+                            ? try client.download(bucket: bucket, key: p.src, to: p.dst, known: p.known, sha256: checkSha256, progress: { progress.addBytes($0) })
                             : try client.upload(file: p.src, bucket: bucket, key: p.dst, sha256: sha256?.lowercased(), progress: { progress.addBytes($0) },
                                                  hashing: { progress.addHashedBytes($0) })
                         bytes.wrappingAdd(Int(r.size), ordering: .relaxed)

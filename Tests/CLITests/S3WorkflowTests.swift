@@ -62,6 +62,31 @@ final class S3WorkflowTests: XCTestCase {
         XCTAssertEqual(try emflow(["s3", "cp", "--no-such-option", file, "s3://\(bucket)/x.bin"]).status, 2, "usage errors exit 2, as documented")
     }
 
+    /// `s3 cp` records a CRC-32C with what it uploads, and a download is checked by it (the summary
+    /// says so); `--check-sha256` checks the recorded SHA-256 instead, and is refused for an upload.
+    func testDownloadsAreCheckedByTheRecordedCRC32COrOnRequestTheSHA256() throws {
+        let bucket = "emflow-crc-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        XCTAssertEqual(try emflow(["s3", "mb", "s3://\(bucket)"]).status, 0)
+        var bytes = [UInt8](repeating: 0, count: 20 << 20)   // a multipart upload of 2
+        for i in stride(from: 0, to: bytes.count, by: 4096) { bytes[i] = UInt8.random(in: 0...255) }
+        let file = t.write("plain.bin", bytes)
+        let sha = try sha256(file)
+        XCTAssertEqual(try emflow(["s3", "cp", "--quiet", file, "s3://\(bucket)/plain.bin"]).status, 0)
+        for (flags, by) in [([String](), "crc32c"), (["--check-sha256"], "sha256")] {
+            let dest = t.file("down\(flags.count)/plain.bin")
+            let down = try emflow(["s3", "cp", "--json"] + flags + ["s3://\(bucket)/plain.bin", dest])
+            XCTAssertEqual(down.status, 0, down.combined)
+            let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(down.stdout.utf8)) as? [String: Any])
+            XCTAssertEqual(summary["verified"] as? [String: Int], [by: 1], down.stdout)
+            XCTAssertEqual(try sha256(dest), sha)
+        }
+        let text = try emflow(["s3", "cp", "s3://\(bucket)/plain.bin", t.file("down-text/plain.bin")])
+        XCTAssertTrue(text.stderr.contains("checked by crc32c ×1"), text.stderr)
+        let upload = try emflow(["s3", "cp", "--check-sha256", file, "s3://\(bucket)/again.bin"])
+        XCTAssertEqual(upload.status, 2, upload.combined)
+        XCTAssertTrue(upload.stderr.contains("--check-sha256 is for downloads"), upload.stderr)
+    }
+
     /// `s3 cp --etags opaque` for a server whose ETags are no MD5 digests (scripts/etag-proxy makes
     /// the test server one): without it, an object another client uploaded fails its ETag check and
     /// the error names the option; with it, the object is checked by size, and the summary says why.

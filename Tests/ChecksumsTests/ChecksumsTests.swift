@@ -32,8 +32,9 @@ final class ChecksumsTests: XCTestCase {
         for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 131 &+ i >> 9) }
         let p = t.write("parts.bin", bytes)
         for partSize in [1 << 20, 3 << 20, 8 << 20] {
-            let (whole, parts) = try FileHasher.sha256WithParts(path: p, partSize: partSize)
+            let (whole, parts, crc) = try FileHasher.sha256WithParts(path: p, partSize: partSize)
             XCTAssertEqual(whole.sha256, SHA256Hasher.hash(bytes))
+            XCTAssertEqual(crc, CRC32C.checksum(bytes))
             XCTAssertEqual(whole.size, Int64(bytes.count))
             let expected = stride(from: 0, to: bytes.count, by: partSize).map { start in
                 Digester.digest(.sha256, Array(bytes[start..<min(start + partSize, bytes.count)]))

@@ -85,14 +85,49 @@ final class S3ClientTests: XCTestCase {
         XCTAssertEqual(r.verifiedBy, "md5 (etag)")
         XCTAssertEqual(try readFile(tmp.file("by-aws-down.bin")), try readFile(other))
         // A listed object fetched in one GET by a caller that wants no SHA-256 (s3 cp) is hashed only
-        // by what its reply says checks it: the recorded SHA-256, else the ETag's MD5.
+        // by what its reply says checks it: the recorded CRC-32C (or SHA-256), else the ETag's MD5.
         let relisted = try c.list(bucket: bucket).objects
-        for (key, by) in [(files[1].key, "sha256"), ("by-aws.bin", "md5 (etag)")] {
+        for (key, by) in [(files[1].key, "crc32c"), ("by-aws.bin", "md5 (etag)")] {
             let again = try c.download(bucket: bucket, key: key, to: tmp.file("again/" + key), known: relisted.first { $0.key == key }, sha256: false)
             XCTAssertEqual(again.verifiedBy, by, key)
             XCTAssertEqual(again.sha256 != nil, by == "sha256", "a SHA-256 only where it checked the object")
         }
         XCTAssertEqual(try readFile(tmp.file("again/by-aws.bin")), try readFile(other))
+    }
+
+    /// The CRC-32C that emflow records is the server's own: a PUT carrying it as S3's checksum header
+    /// (which SeaweedFS computes and compares) is accepted and the server reports the same value; one
+    /// a bit off is refused. And what emflow uploads records it, in that form.
+    func testTheRecordedCRC32CIsTheOneTheServerComputes() throws {
+        let c = try client(attempts: 1)   // a refused body is not sent again
+        let bucket = S3TestServer.bucketName("crc")
+        try c.createBucket(bucket)
+        for size in [0, 1, 9, 12_289, 300_001] {
+            let body = random(size)
+            let crc = CRC32C.checksum(body)
+            for (value, accepted) in [(crc, true), (CRC32C(value: crc.value ^ 1), false)] {
+                var r = S3Client.Request(operation: "PutObject", method: "PUT", bucket: bucket, key: "native-\(size)",
+                                         payloadHash: SHA256Hasher.hash(body))
+                r.headers = [("x-amz-checksum-crc32c", value.base64)]
+                do {
+                    _ = try c.send(r, body: body)
+                    XCTAssertTrue(accepted, "size \(size): a wrong CRC-32C was accepted")
+                } catch {
+                    XCTAssertFalse(accepted, "size \(size): \(error)")
+                    XCTAssertEqual(error.status, 400, "\(error)")
+                }
+            }
+            let head = try XCTUnwrap(try c.head(bucket: bucket, key: "native-\(size)"))
+            XCTAssertEqual(head.checksumCRC32C, crc.base64, "size \(size)")
+            XCTAssertEqual(head.recordedCRC32C, crc)
+            // emflow's own upload records it as metadata, and a download is checked by it.
+            let path = tmp.write("crc-\(size).bin", body)
+            try c.upload(file: path, bucket: bucket, key: "ours-\(size)")
+            XCTAssertEqual(try c.head(bucket: bucket, key: "ours-\(size)")?.metadata["crc32c"], crc.base64)
+            let r = try c.download(bucket: bucket, key: "native-\(size)", to: tmp.file("crc-down/\(size)"), sha256: false)
+            XCTAssertEqual(r.verifiedBy, "crc32c")
+            XCTAssertEqual(try readFile(tmp.file("crc-down/\(size)")), body)
+        }
     }
 
     /// Uploads `parts` (of any sizes) as one multipart object with the aws cli, with SHA-256 part
@@ -238,7 +273,7 @@ final class S3ClientTests: XCTestCase {
         XCTAssertEqual(((try? listDirectory(tmp.file("md5"))) ?? []).count, 0, "nothing written")
 
         let opaque = try behind(.opaque)
-        for (key, bytes, by) in [("small.bin", small, "size"), ("large.bin", large, "size"), ("ours.bin", large, "sha256 of 3 parts")] {
+        for (key, bytes, by) in [("small.bin", small, "size"), ("large.bin", large, "size"), ("ours.bin", large, "crc32c")] {
             for wanted in [false, true] {
                 let dest = tmp.file("opaque/\(wanted)/\(key)")
                 let r = try opaque.download(bucket: bucket, key: key, to: dest, sha256: wanted)
@@ -297,20 +332,26 @@ final class S3ClientTests: XCTestCase {
             XCTAssertEqual(r.sha256, sha); XCTAssertEqual(r.verifiedBy, "sha256")
         }, limit)
         XCTAssertEqual(try FileHasher.sha256(path: dest).sha256, sha)
-        // Without a whole SHA-256 wanted, the 20 parts are checked against the composite checksum,
-        // fetched in larger ranges (about two per request, up to 64 MiB: 4 parts each here, 2 at once).
+        // Without a whole SHA-256 wanted, the recorded CRC-32C checks the content, or for the object
+        // uploaded with its SHA-256 known (no CRC recorded) the 20 parts are checked against the
+        // composite checksum; fetched in larger ranges (about two per request, up to 64 MiB: 4 parts
+        // each here, 2 at once).
         let wide = try client(concurrency: 2)
         XCTAssertEqual(wide.rangeSize(for: Int64(size), ordered: false), 64 << 20)
         XCTAssertEqual(wide.rangeSize(for: Int64(size), ordered: true), 16 << 20, "the ordered hash keeps part-sized ranges")
         XCTAssertEqual(try client(partSize: 5 << 20).rangeSize(for: Int64(size), ordered: false), 5 << 20, "as --part-size says")
         XCTAssertEqual(c.rangeSize(for: 100 << 20, ordered: false), 16 << 20, "never below the part size")
-        let byParts = tmp.file("down/by-parts.bin")
-        XCTAssertLessThan(try peakGrowth("download, checked by parts") {
-            let r = try wide.download(bucket: bucket, key: "big.bin", to: byParts, sha256: false)
-            XCTAssertNil(r.sha256); XCTAssertEqual(r.verifiedBy, "sha256 of 20 parts")
-        }, limit)
-        XCTAssertEqual(try FileHasher.sha256(path: byParts).sha256, sha)
-        XCTAssertEqual(try listDirectory(tmp.file("down")).map(\.name).sorted(), ["big.bin", "by-parts.bin"], "no temporary left")
+        XCTAssertNotNil(try c.head(bucket: bucket, key: "big.bin")?.recordedCRC32C)
+        XCTAssertNil(try c.head(bucket: bucket, key: "again.bin")?.recordedCRC32C)
+        for (key, by) in [("big.bin", "crc32c"), ("again.bin", "sha256 of 20 parts")] {
+            let cheap = tmp.file("down/cheap-" + key)
+            XCTAssertLessThan(try peakGrowth("download, checked by \(by)") {
+                let r = try wide.download(bucket: bucket, key: key, to: cheap, sha256: false)
+                XCTAssertNil(r.sha256); XCTAssertEqual(r.verifiedBy, by)
+            }, limit)
+            XCTAssertEqual(try FileHasher.sha256(path: cheap).sha256, sha)
+        }
+        XCTAssertEqual(try listDirectory(tmp.file("down")).map(\.name).sorted(), ["big.bin", "cheap-again.bin", "cheap-big.bin"], "no temporary left")
     }
 
     func testListingPaginatesPastOneThousandKeysAndBatchDeleteRemovesThem() throws {
@@ -389,7 +430,15 @@ final class S3ClientTests: XCTestCase {
         try c.upload(file: tmp.write("three.bin", three), bucket: bucket, key: "three.bin")
         let head = try XCTUnwrap(try c.head(bucket: bucket, key: "three.bin"))
         XCTAssertEqual(head.compositeSHA256?.parts, 3)
+        // A recorded CRC-32C that the content does not give fails (the object has a good one).
         var forged = head
+        XCTAssertEqual(head.recordedCRC32C, CRC32C.checksum(three))
+        forged.metadata["crc32c"] = CRC32C(value: ~CRC32C.checksum(three).value).base64
+        do {
+            let e = failure { try c.download(bucket: bucket, key: "three.bin", to: tmp.file("out/three.bin"), known: forged, sha256: false) }
+            XCTAssertEqual(e.code, "ChecksumMismatch"); XCTAssertTrue(e.description.contains("crc32c"), e.description) }
+        XCTAssertEqual(try listDirectory(tmp.file("out")).count, 0, "no file, no temporary left")
+        forged.metadata["crc32c"] = nil   // as if uploaded without one: checked by its parts
         forged.checksumSHA256 = Data(repeating: 7, count: 32).base64EncodedString() + "-3"
         do {
             let e = failure { try c.download(bucket: bucket, key: "three.bin", to: tmp.file("out/three.bin"), known: forged, sha256: false) }
@@ -460,19 +509,24 @@ final class S3ClientTests: XCTestCase {
         XCTAssertEqual(try FileHasher.sha256(path: dest).sha256, SHA256Hasher.hash(data))
         waitForServer(c, bucket)
 
-        // The same, checked part by part (each part's hash goes on where the cut-off left it).
-        let killedByParts = Atomic<Bool>(false)
-        let byParts = tmp.file("down/by-parts.bin")
-        let p = try c.download(bucket: bucket, key: "stack.bin", to: byParts, sha256: false, progress: { _ in
-            if killedByParts.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
-                server.crash()
-                Thread { Thread.sleep(forTimeInterval: 1.5); server.restart() }.start()
-            }
-        })
-        XCTAssertTrue(killedByParts.load(ordering: .relaxed))
-        XCTAssertEqual(p.verifiedBy, "sha256 of 7 parts")
-        XCTAssertEqual(try FileHasher.sha256(path: byParts).sha256, SHA256Hasher.hash(data))
-        waitForServer(c, bucket)
+        // The same without a SHA-256 wanted, checked by the recorded CRC-32C (each range's CRC goes
+        // on where the cut-off left it); and, for an object uploaded with its SHA-256 known (no CRC
+        // recorded), part by part (each part's hash goes on likewise).
+        try c.upload(file: src, bucket: bucket, key: "known.bin", sha256: SHA256Hasher.hash(data))
+        for (key, by) in [("stack.bin", "crc32c"), ("known.bin", "sha256 of 7 parts")] {
+            let killedCheap = Atomic<Bool>(false)
+            let cheap = tmp.file("down/cheap-" + key)
+            let p = try c.download(bucket: bucket, key: key, to: cheap, sha256: false, progress: { _ in
+                if killedCheap.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+                    server.crash()
+                    Thread { Thread.sleep(forTimeInterval: 1.5); server.restart() }.start()
+                }
+            })
+            XCTAssertTrue(killedCheap.load(ordering: .relaxed))
+            XCTAssertEqual(p.verifiedBy, by)
+            XCTAssertEqual(try FileHasher.sha256(path: cheap).sha256, SHA256Hasher.hash(data))
+            waitForServer(c, bucket)
+        }
 
         // Multipart upload: killed after the first part; the others are retried; one whole object results.
         let killed2 = Atomic<Bool>(false)

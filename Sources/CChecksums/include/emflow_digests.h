@@ -7,6 +7,8 @@
 // 1.5 times OpenSSL's one, and one alone at 0.8 of it.
 #include <stddef.h>
 #include <stdint.h>
+// Included here so that a build made before it existed sees it (its module is this directory).
+#include "emflow_crc32c.h"
 
 enum { EMFLOW_SHA256 = 0, EMFLOW_MD5 = 1 };
 
