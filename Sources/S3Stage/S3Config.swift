@@ -20,8 +20,8 @@ public struct S3Config: Sendable {
     /// Ceph RGW and SeaweedFS make them MD5 digests: of the content, or of the part MD5s for a
     /// multipart upload (`hex-N`). An S3-compatible server or gateway that encrypts or re-chunks
     /// objects may make them something else without a header that says so: `opaque` never takes them
-    /// for digests, and an object with neither x-amz-meta-sha256 nor a composite SHA-256 checksum is
-    /// then checked by its size only.
+    /// for digests, and an object with no recorded SHA-256 or CRC-32C (metadata or server checksum)
+    /// is then checked by its size only.
     public enum ETags: String, Sendable, CaseIterable {
         case md5
         case opaque

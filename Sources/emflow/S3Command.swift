@@ -21,7 +21,7 @@ struct S3Options: ParsableArguments {
     var concurrency: Int?
     @Option(name: .customLong("part-size"), help: "Part size in MiB for multipart uploads and ranged downloads (default: 16, more for huge objects).")
     var partSizeMiB: Int?
-    @Option(help: "What the server's ETags are: md5 (AWS, Ceph RGW, SeaweedFS; the default) or opaque (not MD5 digests, as a server or gateway that encrypts or re-chunks objects may make them: objects without x-amz-meta-sha256 or a composite SHA-256 checksum are then checked by size only).")
+    @Option(help: "What the server's ETags are: md5 (AWS, Ceph RGW, SeaweedFS; the default) or opaque (not MD5 digests, as a server or gateway that encrypts or re-chunks objects may make them: objects without a recorded SHA-256 or CRC-32C, as metadata or server checksum, are then checked by size only).")
     var etags: String?
 
     func client(verbose: Bool = true) throws -> S3Client {
@@ -221,7 +221,7 @@ struct S3Command: ParsableCommand {
                         printError("\(pairs.count - failed.count + refused.count) object(s), \(formatBytes(b)) in \(ProgressReporter.duration(secs)) (\(formatBytes(Int64(Double(b) / max(secs, 1e-3))))/s)" + (failed.isEmpty ? "" : ", \(failed.count) failed")
                                    + (checks.isEmpty ? "" : "; checked by " + checks.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")))
                         if let n = checks["size"] {
-                            printError("note: \(n) object(s) were checked by their size only: the server holds no SHA-256 (x-amz-meta-sha256 or checksum)"
+                            printError("note: \(n) object(s) were checked by their size only: the server holds no SHA-256 or CRC-32C (metadata or checksum)"
                                        + (client.config.etags == .opaque ? " of them, and its ETags are taken for no digest (--etags opaque)" : " or MD5 ETag of them"))
                         }
                     }
