@@ -1,4 +1,5 @@
 #include "emflow_crc32c.h"
+#include "cpu_feature.h"
 #include <string.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -107,14 +108,11 @@ static int detect_sse42(void) {
 }
 #endif
 
-// 1 or 0 once known, -1 before.
 static int hardware = -1;
 
 int emflow_crc32c_hardware(void) {
 #if defined(__x86_64__) && (defined(__LITTLE_ENDIAN__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
-    int known = __atomic_load_n(&hardware, __ATOMIC_RELAXED);
-    if (known < 0) { known = detect_sse42(); __atomic_store_n(&hardware, known, __ATOMIC_RELAXED); }
-    return known;
+    return emflow_cpu_feature(&hardware, detect_sse42);
 #else
     return 0;
 #endif

@@ -1,4 +1,5 @@
 #include "emflow_digests.h"
+#include "cpu_feature.h"
 #include <string.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -125,14 +126,11 @@ static int detect_shani(void) {
 }
 #endif
 
-// 1 or 0 once known, -1 before.
 static int shani = -1;
 
 static int have_shani(void) {
 #if defined(__x86_64__)
-    int known = __atomic_load_n(&shani, __ATOMIC_RELAXED);
-    if (known < 0) { known = detect_shani(); __atomic_store_n(&shani, known, __ATOMIC_RELAXED); }
-    return known;
+    return emflow_cpu_feature(&shani, detect_shani);
 #else
     return 0;
 #endif
