@@ -106,21 +106,15 @@ static int detect_sse42(void) {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
 }
-#endif
 
 static int hardware = -1;
 
-int emflow_crc32c_hardware(void) {
-#if defined(__x86_64__) && (defined(__LITTLE_ENDIAN__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
-    return emflow_cpu_feature(&hardware, detect_sse42);
-#else
-    return 0;
+static int have_sse42(void) { return emflow_cpu_feature(&hardware, detect_sse42); }
 #endif
-}
 
 uint32_t emflow_crc32c(uint32_t crc, const void *bytes, size_t count) {
 #if defined(__x86_64__) && (defined(__LITTLE_ENDIAN__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
-    if (emflow_crc32c_hardware()) return ~hw_register(~crc, bytes, count);
+    if (have_sse42()) return ~hw_register(~crc, bytes, count);
 #endif
     return emflow_crc32c_portable(crc, bytes, count);
 }

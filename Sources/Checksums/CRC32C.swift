@@ -44,10 +44,7 @@ public struct CRC32C: Sendable, Equatable {
     }
 
     /// The portable computation, for checking the fast one against.
-    static func portable(_ bytes: UnsafeRawBufferPointer, after crc: UInt32 = 0) -> UInt32 {
-        emflow_crc32c_portable(crc, bytes.baseAddress, bytes.count)
+    static func portable(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        emflow_crc32c_portable(0, bytes.baseAddress, bytes.count)
     }
-
-    /// Whether the CPU's CRC32 instruction is used.
-    public static var hardware: Bool { emflow_crc32c_hardware() != 0 }
 }

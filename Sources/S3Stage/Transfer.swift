@@ -645,9 +645,7 @@ extension S3Client {
             // One PUT read from the file as it goes out (its SHA-256 and CRC-32C first, for the headers).
             let digest: [UInt8]
             var crc = CRC32C()
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-            defer { buffer.deallocate() }
-            do { digest = try FileHasher.sha256(of: rawFD, path: path, at: 0, count: Int(size), buffer: buffer) { crc.update($0) } } catch { throw ioError(error) }
+            do { digest = try Self.digest(of: rawFD, path: path, at: 0, count: Int(size)) { crc.update($0) } } catch { throw ioError(error) }
             if let known, known != hex(digest) { throw changed(path, bucket, key, known, hex(digest)) }
             let etag = try put(bucket: bucket, key: key, body: .file(descriptor: rawFD, offset: 0, count: Int(size)), source: path,
                                digest: digest, crc32c: crc, contentType: contentType, metadata: metadata)
@@ -710,9 +708,9 @@ extension S3Client {
     }
 
     /// The SHA-256 of `count` bytes of a file at `at`, read in pieces; with a `hasher`, the pieces
-    /// go on to it (as part `part`), which hashes the whole file in order.
-    static func digest(of fd: Int32, path: String, at: Int64, count: Int, feeding hasher: OrderedHasher? = nil,
-                       part: Int = 0) throws(POSIXFileError) -> [UInt8] {
+    /// go on to it (as part `part`), which hashes the whole file in order; without, to `alongside`.
+    static func digest(of fd: Int32, path: String, at: Int64, count: Int, feeding hasher: OrderedHasher? = nil, part: Int = 0,
+                       alongside: ((UnsafeRawBufferPointer) -> Void)? = nil) throws(POSIXFileError) -> [UInt8] {
         if let hasher {
             var d = Digester(.sha256)
             var done = 0
@@ -729,7 +727,7 @@ extension S3Client {
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(count, 1 << 20)), alignment: 4096)
         defer { buffer.deallocate() }
-        return try FileHasher.sha256(of: fd, path: path, at: at, count: count, buffer: buffer)
+        return try FileHasher.sha256(of: fd, path: path, at: at, count: count, buffer: buffer, alongside: alongside)
     }
 
     private func changed(_ path: String, _ bucket: String, _ key: String, _ expected: String, _ got: String) -> S3Error {

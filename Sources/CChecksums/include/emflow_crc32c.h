@@ -13,7 +13,5 @@ uint32_t emflow_crc32c(uint32_t crc, const void *bytes, size_t count);
 uint32_t emflow_crc32c_portable(uint32_t crc, const void *bytes, size_t count);
 // The CRC of A followed by B from the CRCs of A and B and B's length.
 uint32_t emflow_crc32c_combine(uint32_t a, uint32_t b, uint64_t length_b);
-// 1 where the CRC32 instruction is used.
-int emflow_crc32c_hardware(void);
 
 #endif
